@@ -42,9 +42,18 @@ impl Problem {
     }
 
     /// A problem at a 1-based line and column of `text`, underlining `len` bytes from there.
-    pub fn at(path: &Path, text: &str, line: usize, column: usize, len: usize, message: impl Into<String>) -> Self {
+    pub fn at(
+        path: &Path,
+        text: &str,
+        line: usize,
+        column: usize,
+        len: usize,
+        message: impl Into<String>,
+    ) -> Self {
         let offset = offset_of(text, line, column);
-        let len = len.min(text.len().saturating_sub(offset)).max(usize::from(offset < text.len()));
+        let len = len
+            .min(text.len().saturating_sub(offset))
+            .max(usize::from(offset < text.len()));
         Self {
             path: path.to_path_buf(),
             line,
@@ -56,7 +65,13 @@ impl Problem {
     }
 
     /// A problem at a byte offset of `text`.
-    pub fn at_offset(path: &Path, text: &str, offset: usize, len: usize, message: impl Into<String>) -> Self {
+    pub fn at_offset(
+        path: &Path,
+        text: &str,
+        offset: usize,
+        len: usize,
+        message: impl Into<String>,
+    ) -> Self {
         let (line, column) = line_col(text, offset);
         Self::at(path, text, line, column, len, message)
     }
@@ -202,7 +217,9 @@ impl Diagnostic for Rendered<'_> {
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         // The labels below are only produced when the source is known.
-        self.source.as_ref().map(|text| text as &dyn miette::SourceCode)
+        self.source
+            .as_ref()
+            .map(|text| text as &dyn miette::SourceCode)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {

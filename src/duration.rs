@@ -15,16 +15,19 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = trimmed.parse::<f64>() {
         return from_secs(secs);
     }
-    humantime::parse_duration(trimmed)
-        .map_err(|err| format!("`{trimmed}` is not a duration ({err}); write e.g. `500ms`, `10s` or `2m`"))
+    humantime::parse_duration(trimmed).map_err(|err| {
+        format!("`{trimmed}` is not a duration ({err}); write e.g. `500ms`, `10s` or `2m`")
+    })
 }
 
 /// Converts a JSON/YAML number of seconds into a duration.
 pub fn from_secs(secs: f64) -> Result<Duration, String> {
-    if secs.is_finite() && secs >= 0.0 && secs < 1e9 {
+    if secs.is_finite() && (0.0..1e9).contains(&secs) {
         Ok(Duration::from_secs_f64(secs))
     } else {
-        Err(format!("`{secs}` is not a duration: use a non-negative number of seconds or e.g. `10s`"))
+        Err(format!(
+            "`{secs}` is not a duration: use a non-negative number of seconds or e.g. `10s`"
+        ))
     }
 }
 
@@ -35,7 +38,7 @@ pub fn display(duration: Duration) -> String {
         "0s".to_owned()
     } else if ms < 1_000 {
         format!("{ms}ms")
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{:.1}s", duration.as_secs_f64())

@@ -1,1 +1,416 @@
-//! placeholder
+//! Compiles a [`Config`] into a checked dependency DAG ([`Graph`]) and draws it.
+//!
+//! A `Graph` can only be built by [`compile`], which refuses unknown or self dependencies,
+//! impossible conditions and cycles, reporting every problem at once; everything downstream
+//! may therefore rely on the graph being acyclic. Ordering is the planner's job, not this one's.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::config::{self, Component, Condition, Config, Kind};
+use crate::diag::{Diagnostics, Problem};
+
+/// A configuration whose dependencies are known to form a DAG.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    config: Config,
+    /// Node weight: index into `config.components`. Edge `a -> b`: b depends on a.
+    dag: DiGraph<usize, Condition>,
+    /// Longest number of edges from a root to each node (its wave), by component index.
+    waves: Vec<usize>,
+}
+
+impl Graph {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn components(&self) -> &[Component] {
+        &self.config.components
+    }
+
+    pub fn len(&self) -> usize {
+        self.config.components.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.config.components.is_empty()
+    }
+
+    pub fn edge_count(&self) -> usize {
+        self.dag.edge_count()
+    }
+
+    /// The wave (depth) of component `i`: 0 for roots, else 1 + the deepest dependency.
+    pub fn wave(&self, i: usize) -> usize {
+        self.waves[i]
+    }
+
+    /// Component indices that `i` depends on, with the condition each must reach.
+    pub fn dependencies(&self, i: usize) -> impl Iterator<Item = (usize, Condition)> + '_ {
+        self.dag
+            .edges_directed(NodeIndex::new(i), Direction::Incoming)
+            .map(|e| (self.dag[petgraph::visit::EdgeRef::source(&e)], *e.weight()))
+    }
+
+    /// Component indices that depend on `i`.
+    pub fn dependents(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        self.dag
+            .neighbors_directed(NodeIndex::new(i), Direction::Outgoing)
+            .map(|n| self.dag[n])
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.config.components.iter().position(|c| c.name == name)
+    }
+
+    /// The targets plus everything they transitively depend on, as a sorted index set.
+    /// Unknown targets are reported with the nearest existing name.
+    pub fn select(&self, targets: &[String]) -> Result<BTreeSet<usize>, Diagnostics> {
+        if targets.is_empty() {
+            return Ok((0..self.len()).collect());
+        }
+        let mut diags = Diagnostics::new();
+        let by_name = self.name_index();
+        let mut selected = BTreeSet::new();
+        let mut stack = Vec::new();
+        for target in targets {
+            match by_name.get(target.as_str()) {
+                Some(&i) => stack.push(i),
+                None => {
+                    let mut problem = Problem::file(
+                        std::path::Path::new("command line"),
+                        format!("unknown target `{target}`"),
+                    );
+                    if let Some(near) = nearest(
+                        target,
+                        self.config.components.iter().map(|c| c.name.as_str()),
+                    ) {
+                        problem = problem.with_hint(format!("did you mean `{near}`?"));
+                    }
+                    diags.push(problem);
+                }
+            }
+        }
+        diags.into_result()?;
+        while let Some(i) = stack.pop() {
+            if selected.insert(i) {
+                stack.extend(self.dependencies(i).map(|(d, _)| d));
+            }
+        }
+        Ok(selected)
+    }
+
+    fn name_index(&self) -> HashMap<&str, usize> {
+        self.config
+            .components
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect()
+    }
+
+    /// Graphviz dot of the selected components, edges labelled with non-default conditions.
+    pub fn to_dot(&self, selected: &BTreeSet<usize>) -> String {
+        let mut out = String::from(
+            "digraph razar {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
+        for &i in selected {
+            let c = &self.config.components[i];
+            let shape = match (c.kind, c.command.is_some()) {
+                (_, false) => "plaintext",
+                (Kind::Service, true) => "box",
+                (Kind::Task, true) => "ellipse",
+            };
+            let style = if c.optional { ", style=dashed" } else { "" };
+            let _ = writeln!(out, "  \"{}\" [shape={shape}{style}];", c.name);
+        }
+        for &i in selected {
+            for (d, condition) in self.sorted_dependencies(i) {
+                if !selected.contains(&d) {
+                    continue;
+                }
+                let label = self.edge_label(d, condition);
+                let attrs = label
+                    .map(|l| format!(" [label=\"{l}\"]"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" -> \"{}\"{attrs};",
+                    self.config.components[d].name, self.config.components[i].name
+                );
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// A mermaid flowchart in the style of ABZU's docs: `flowchart TD`, `A[name] --> B[name]`.
+    pub fn to_mermaid(&self, selected: &BTreeSet<usize>) -> String {
+        let mut out = String::from("flowchart TD\n");
+        let id = |i: usize| format!("c{i}");
+        for &i in selected {
+            let c = &self.config.components[i];
+            let label = c.name.replace('"', "'");
+            let node = match (c.kind, c.command.is_some()) {
+                (_, false) => format!("{}{{{{\"{label}\"}}}}", id(i)),
+                (Kind::Service, true) => format!("{}[\"{label}\"]", id(i)),
+                (Kind::Task, true) => format!("{}(\"{label}\")", id(i)),
+            };
+            let _ = writeln!(out, "    {node}");
+        }
+        for &i in selected {
+            for (d, condition) in self.sorted_dependencies(i) {
+                if !selected.contains(&d) {
+                    continue;
+                }
+                match self.edge_label(d, condition) {
+                    Some(label) => {
+                        let _ = writeln!(out, "    {} -->|{label}| {}", id(d), id(i));
+                    }
+                    None => {
+                        let _ = writeln!(out, "    {} --> {}", id(d), id(i));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Dependencies of `i` sorted by component index, for stable output.
+    pub fn sorted_dependencies(&self, i: usize) -> Vec<(usize, Condition)> {
+        let mut deps: Vec<(usize, Condition)> = self.dependencies(i).collect();
+        deps.sort_unstable();
+        deps
+    }
+
+    /// The label worth drawing on an edge: only conditions other than the natural one
+    /// (ready for a service, completed for a task).
+    fn edge_label(&self, dependency: usize, condition: Condition) -> Option<&'static str> {
+        let natural = match self.config.components[dependency].kind {
+            Kind::Service => Condition::Ready,
+            Kind::Task => Condition::Completed,
+        };
+        let effective = if condition == Condition::Ready && natural == Condition::Completed {
+            Condition::Completed
+        } else {
+            condition
+        };
+        (effective != natural).then_some(effective.as_str())
+    }
+}
+
+/// The closest name by edit distance, if any is reasonably close.
+pub fn nearest<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    names
+        .map(|name| (strsim::normalized_damerau_levenshtein(wanted, name), name))
+        .filter(|(score, _)| *score >= 0.5)
+        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, name)| name)
+}
+
+/// Loads the config files and compiles them, reporting the problems of both stages together.
+pub fn load(paths: &[std::path::PathBuf]) -> Result<Graph, Diagnostics> {
+    let (config, mut diags) = config::load_partial(paths);
+    let Some(config) = config else {
+        return Err(diags);
+    };
+    match compile(config) {
+        Ok(graph) if diags.is_empty() => Ok(graph),
+        Ok(_) => Err(diags),
+        Err(more) => {
+            diags.absorb(more);
+            Err(diags)
+        }
+    }
+}
+
+/// Checks every dependency of `config` and builds the DAG. All problems are reported at once.
+pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
+    let mut diags = Diagnostics::new();
+    for source in &config.sources {
+        diags.add_source(&source.path, source.text.clone());
+    }
+    let by_name: HashMap<&str, usize> = config
+        .components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let mut dag: DiGraph<usize, Condition> =
+        DiGraph::with_capacity(config.components.len(), config.components.len() * 3);
+    for i in 0..config.components.len() {
+        dag.add_node(i);
+    }
+    for (i, component) in config.components.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        for (k, dep) in component.depends_on.iter().enumerate() {
+            let field = dependency_field(component, k);
+            if dep.name == component.name {
+                diags.push(
+                    config::problem_at(
+                        &config,
+                        &component.origin,
+                        &field,
+                        format!("`{}` depends on itself", component.name),
+                    )
+                    .with_hint("remove it from its own depends_on"),
+                );
+                continue;
+            }
+            let Some(&d) = by_name.get(dep.name.as_str()) else {
+                let mut problem = config::problem_at(
+                    &config,
+                    &component.origin,
+                    &field,
+                    format!(
+                        "`{}` depends on unknown component `{}`",
+                        component.name, dep.name
+                    ),
+                );
+                problem =
+                    match nearest(&dep.name, config.components.iter().map(|c| c.name.as_str())) {
+                        Some(near) => problem.with_hint(format!("did you mean `{near}`?")),
+                        None => problem.with_hint("declare it, or remove the dependency"),
+                    };
+                diags.push(problem);
+                continue;
+            };
+            if dep.condition == Condition::Completed && config.components[d].kind == Kind::Service {
+                diags.push(
+                    config::problem_at(
+                        &config,
+                        &component.origin,
+                        &field,
+                        format!(
+                            "`{}` waits for service `{}` to be `completed`, which a service never is",
+                            component.name, dep.name
+                        ),
+                    )
+                    .with_hint(format!("use `ready` (or `started`), or declare `{}` with `kind: task`", dep.name)),
+                );
+                continue;
+            }
+            if !seen.insert(d) {
+                continue;
+            }
+            dag.add_edge(NodeIndex::new(d), NodeIndex::new(i), dep.condition);
+        }
+    }
+    for cycle in cycles(&dag) {
+        let names: Vec<&str> = cycle
+            .iter()
+            .map(|&i| config.components[i].name.as_str())
+            .collect();
+        // The edge from the last member back to the first closes the cycle.
+        let (from, to) = (cycle[cycle.len() - 1], cycle[0]);
+        let component = &config.components[to];
+        let k = component
+            .depends_on
+            .iter()
+            .position(|d| d.name == config.components[from].name)
+            .unwrap_or(0);
+        let mut path = names.join(" -> ");
+        path.push_str(" -> ");
+        path.push_str(names[0]);
+        diags.push(
+            config::problem_at(
+                &config,
+                &component.origin,
+                &dependency_field(component, k),
+                format!("dependency cycle: {path}"),
+            )
+            .with_hint(format!(
+                "remove the dependency of `{}` on `{}` (or another edge of the cycle) to break it",
+                config.components[to].name, config.components[from].name
+            )),
+        );
+    }
+    diags.into_result()?;
+    let waves = waves(&dag);
+    Ok(Graph { config, dag, waves })
+}
+
+/// Where the k-th dependency is written: `/depends_on/k` in a list, `/depends_on/name` in a
+/// map (the locator takes the first that exists, else falls back to the component).
+fn dependency_field(component: &Component, k: usize) -> String {
+    let name = component
+        .depends_on
+        .get(k)
+        .map_or(String::new(), |d| escape(&d.name));
+    format!("/depends_on/{k}|/depends_on/{name}")
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// One representative cycle per strongly connected component, as node weights in edge order.
+fn cycles(dag: &DiGraph<usize, Condition>) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    for scc in petgraph::algo::tarjan_scc(dag) {
+        if scc.len() < 2 {
+            continue;
+        }
+        let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
+        let start = *members.iter().next().expect("scc has members");
+        // Walk inside the SCC until a node repeats; the repeated stretch is a cycle.
+        let mut path = vec![start];
+        let mut position: HashMap<NodeIndex, usize> = HashMap::from([(start, 0)]);
+        let mut current = start;
+        loop {
+            let mut next: Vec<NodeIndex> = dag
+                .neighbors_directed(current, Direction::Outgoing)
+                .filter(|n| members.contains(n))
+                .collect();
+            next.sort_unstable();
+            let next = next[0];
+            if let Some(&at) = position.get(&next) {
+                let mut cycle: Vec<usize> = path[at..].iter().map(|&n| dag[n]).collect();
+                // Start the printed cycle at its smallest member for stable output.
+                let min_at = cycle
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|&(_, v)| *v)
+                    .map_or(0, |(i, _)| i);
+                cycle.rotate_left(min_at);
+                out.push(cycle);
+                break;
+            }
+            position.insert(next, path.len());
+            path.push(next);
+            current = next;
+        }
+    }
+    out.sort();
+    out
+}
+
+fn waves(dag: &DiGraph<usize, Condition>) -> Vec<usize> {
+    let order = petgraph::algo::toposort(dag, None).expect("cycles were rejected above");
+    let mut waves = vec![0usize; dag.node_count()];
+    for node in order {
+        let wave = dag
+            .neighbors_directed(node, Direction::Incoming)
+            .map(|d| waves[dag[d]] + 1)
+            .max()
+            .unwrap_or(0);
+        waves[dag[node]] = wave;
+    }
+    waves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_suggests_close_names_only() {
+        let names = ["redis", "postgres", "api"];
+        assert_eq!(nearest("rediss", names.iter().copied()), Some("redis"));
+        assert_eq!(nearest("zzzzzzzz", names.iter().copied()), None);
+    }
+}

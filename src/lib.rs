@@ -8,5 +8,8 @@
 pub mod config;
 pub mod diag;
 pub mod duration;
+pub mod error;
 pub mod graph;
 pub mod plan;
+
+pub use error::Error;

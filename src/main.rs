@@ -1,3 +1,129 @@
-fn main() {
-    println!("Hello, world!");
+//! The `razar` binary: parse the command line, set up tracing (`RAZAR_LOG`), call the library,
+//! and map the outcome to an exit code in one place.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use razar::Error;
+use razar::plan;
+
+mod cli;
+
+use cli::{Cli, Command, ConfigArgs, PlanFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => exit_for(err),
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RAZAR_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The one place errors become exit codes (see `razar --help`).
+fn exit_for(err: Error) -> ExitCode {
+    match err {
+        Error::Invalid(diags) => {
+            eprint!("{}", diags.render(std::io::stderr().is_terminal()));
+            ExitCode::from(2)
+        }
+        Error::Usage(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        other => {
+            let mut message = format!("error: {other}");
+            let mut source = std::error::Error::source(&other);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The config files to read: those given, else ./razar.yaml, else ./config/razar.yaml.
+fn config_paths(args: &ConfigArgs) -> Result<Vec<PathBuf>, Error> {
+    if !args.files.is_empty() {
+        return Ok(args.files.clone());
+    }
+    for candidate in ["razar.yaml", "config/razar.yaml"] {
+        let path = PathBuf::from(candidate);
+        if path.is_file() {
+            return Ok(vec![path]);
+        }
+    }
+    Err(Error::Usage(
+        "no config given and neither ./razar.yaml nor ./config/razar.yaml exists; pass one with -c FILE".to_owned(),
+    ))
+}
+
+fn load_graph(args: &ConfigArgs) -> Result<razar::graph::Graph, Error> {
+    let paths = config_paths(args)?;
+    Ok(razar::graph::load(&paths)?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Validate { config } => {
+            let graph = load_graph(&config)?;
+            let _ = writeln!(
+                stdout,
+                "ok: {} components, {} dependencies",
+                graph.len(),
+                graph.edge_count()
+            );
+        }
+        Command::Plan {
+            config,
+            targets,
+            format,
+            out,
+            parallelism,
+            strategy,
+        } => {
+            let graph = load_graph(&config)?;
+            let selected = graph.select(&targets)?;
+            let options = plan::Options {
+                targets,
+                parallelism: parallelism.map(|p| p as usize),
+                strategy,
+                ..plan::Options::default()
+            };
+            let plan = plan::build(&graph, &selected, &options);
+            let text = match format {
+                PlanFormat::Text => plan::render_text(&plan, std::io::stdout().is_terminal()),
+                PlanFormat::Json => plan.to_json(),
+                PlanFormat::Dot => graph.to_dot(&selected),
+                PlanFormat::Mermaid => graph.to_mermaid(&selected),
+                PlanFormat::MermaidGantt => plan::render_gantt_mermaid(&plan),
+            };
+            if let Some(path) = &out {
+                razar::error::write_atomic(path, plan.to_json().as_bytes())?;
+            }
+            let _ = stdout.write_all(text.as_bytes());
+            if let Some(path) = &out {
+                eprintln!("plan written to {}", path.display());
+            }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "razar", &mut stdout);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -15,10 +15,19 @@ use super::{Command, Decl, Kind, Origin, Parsed, Probe, ProbeCheck, Stop, native
 use crate::diag::Diagnostics;
 
 fn origin(path: &Path, pointer: String) -> Origin {
-    Origin { file: path.to_path_buf(), pointer: Some(pointer), line: None }
+    Origin {
+        file: path.to_path_buf(),
+        pointer: Some(pointer),
+        line: None,
+    }
 }
 
-fn typed<T: for<'de> Deserialize<'de>>(path: &Path, value: Value, locator: &Locator, diags: &mut Diagnostics) -> Option<T> {
+fn typed<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    value: Value,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> Option<T> {
     serde_path_to_error::deserialize(value)
         .map_err(|err| {
             let pointer = pointer_of(err.path());
@@ -44,7 +53,12 @@ struct BootComponent {
 
 /// `boot_config.json`: file order is boot order; `health_check` becomes an exec probe run
 /// after the command is launched (the command may exit: ABZU launched and did not wait).
-pub(crate) fn parse_boot_config(path: &Path, value: Value, locator: &Locator, diags: &mut Diagnostics) -> Option<Parsed> {
+pub(crate) fn parse_boot_config(
+    path: &Path,
+    value: Value,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> Option<Parsed> {
     let config: BootConfig = typed(path, value, locator, diags)?;
     let decls = config
         .components
@@ -67,12 +81,18 @@ pub(crate) fn parse_boot_config(path: &Path, value: Value, locator: &Locator, di
             ..Decl::default()
         })
         .collect();
-    Some(Parsed { decls, ..Parsed::default() })
+    Some(Parsed {
+        decls,
+        ..Parsed::default()
+    })
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(dead_code, reason = "ABZU's AI handover settings are read and validated, not used")]
+#[expect(
+    dead_code,
+    reason = "ABZU's AI handover settings are read and validated, not used"
+)]
 struct RazarConfig {
     #[serde(default)]
     chakra: Option<String>,
@@ -98,7 +118,12 @@ struct RazarComponent {
 }
 
 /// `razar_config.yaml`: shell commands run to completion; priorities are stages.
-pub(crate) fn parse_razar_config(path: &Path, value: Value, locator: &Locator, diags: &mut Diagnostics) -> Option<Parsed> {
+pub(crate) fn parse_razar_config(
+    path: &Path,
+    value: Value,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> Option<Parsed> {
     let config: RazarConfig = typed(path, value, locator, diags)?;
     let mut decls = Vec::with_capacity(config.components.len());
     for (i, c) in config.components.into_iter().enumerate() {
@@ -107,14 +132,20 @@ pub(crate) fn parse_razar_config(path: &Path, value: Value, locator: &Locator, d
             let text = locator.text();
             diags.push(
                 locator
-                    .problem(path, &text, &format!("{pointer}/command"), "empty command".to_owned())
+                    .problem(
+                        path,
+                        &text,
+                        &format!("{pointer}/command"),
+                        "empty command".to_owned(),
+                    )
                     .with_hint("give the shell command that starts this component"),
             );
             continue;
         }
         let mut notes = Vec::new();
         if c.quarantine_on_fail == Some(true) {
-            notes.push("quarantine_on_fail: quarantined once its attempts are exhausted".to_owned());
+            notes
+                .push("quarantine_on_fail: quarantined once its attempts are exhausted".to_owned());
         }
         decls.push(Decl {
             name: c.name,
@@ -131,7 +162,10 @@ pub(crate) fn parse_razar_config(path: &Path, value: Value, locator: &Locator, d
             ..Decl::default()
         });
     }
-    Some(Parsed { decls, ..Parsed::default() })
+    Some(Parsed {
+        decls,
+        ..Parsed::default()
+    })
 }
 
 #[derive(Deserialize)]
@@ -148,11 +182,18 @@ pub fn layer_task(layer: &str) -> String {
 /// `razar_env.yaml`: each layer becomes a task building a virtual environment under
 /// `$RAZAR_STATE_DIR/venv/<layer>` with the layer's packages. The build is skipped when the
 /// environment already holds exactly these packages (a marker file records them).
-pub(crate) fn parse_razar_env(path: &Path, value: Value, diags: &mut Diagnostics) -> Option<Parsed> {
+pub(crate) fn parse_razar_env(
+    path: &Path,
+    value: Value,
+    diags: &mut Diagnostics,
+) -> Option<Parsed> {
     let env: RazarEnv = match serde_path_to_error::deserialize(value) {
         Ok(env) => env,
         Err(err) => {
-            diags.push(crate::diag::Problem::file(path, format!("{} at {}", err.inner(), pointer_of(err.path()))));
+            diags.push(crate::diag::Problem::file(
+                path,
+                format!("{} at {}", err.inner(), pointer_of(err.path())),
+            ));
             return None;
         }
     };
@@ -166,13 +207,19 @@ pub(crate) fn parse_razar_env(path: &Path, value: Value, diags: &mut Diagnostics
                 kind: Some(Kind::Task),
                 command: Some(Command::Shell(venv_script(&layer, &packages))),
                 layer: Some(layer.clone()),
-                notes: vec![format!("builds the `{layer}` Python environment: {}", packages.join(", "))],
+                notes: vec![format!(
+                    "builds the `{layer}` Python environment: {}",
+                    packages.join(", ")
+                )],
                 origin: origin(path, pointer),
                 ..Decl::default()
             }
         })
         .collect();
-    Some(Parsed { decls, ..Parsed::default() })
+    Some(Parsed {
+        decls,
+        ..Parsed::default()
+    })
 }
 
 fn shell_quote(word: &str) -> String {
@@ -201,17 +248,35 @@ fn venv_script(layer: &str, packages: &[String]) -> String {
 /// `docs/component_priorities.yaml`: `Title: {priority: P0..P5, criticality, issue_type}`.
 /// Titles are normalised to config names; entries add metadata to components declared
 /// elsewhere, or stand as milestones of their own.
-pub(crate) fn parse_priorities(path: &Path, value: Value, locator: &Locator, diags: &mut Diagnostics) -> Option<Parsed> {
-    let Value::Object(map) = value else { return None };
+pub(crate) fn parse_priorities(
+    path: &Path,
+    value: Value,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> Option<Parsed> {
+    let Value::Object(map) = value else {
+        return None;
+    };
     let mut decls = Vec::with_capacity(map.len());
     let text = locator.text();
     for (title, entry) in map {
         let pointer = format!("/{}", title.replace('~', "~0").replace('/', "~1"));
-        let priority = entry.get("priority").and_then(Value::as_str).unwrap_or_default();
-        let Some(level) = priority.strip_prefix('P').and_then(|n| n.parse::<i64>().ok()) else {
+        let priority = entry
+            .get("priority")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(level) = priority
+            .strip_prefix('P')
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
             diags.push(
                 locator
-                    .problem(path, &text, &format!("{pointer}/priority"), format!("priority `{priority}` is not P0..P9"))
+                    .problem(
+                        path,
+                        &text,
+                        &format!("{pointer}/priority"),
+                        format!("priority `{priority}` is not P0..P9"),
+                    )
                     .with_hint("write priorities as P0 (earliest) to P5"),
             );
             continue;
@@ -229,11 +294,16 @@ pub(crate) fn parse_priorities(path: &Path, value: Value, locator: &Locator, dia
             name: super::normalize(&title),
             priority: Some(level),
             stage: Some(level),
-            optional: criticality.map(|c| c.eq_ignore_ascii_case("optional")),
+            optional: criticality
+                .is_some_and(|c| c.eq_ignore_ascii_case("optional"))
+                .then_some(true),
             notes,
             origin: origin(path, pointer),
             ..Decl::default()
         });
     }
-    Some(Parsed { decls, ..Parsed::default() })
+    Some(Parsed {
+        decls,
+        ..Parsed::default()
+    })
 }

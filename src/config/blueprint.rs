@@ -48,12 +48,21 @@ pub(crate) fn parse(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<
         if line.starts_with("## ") || line.starts_with("# ") {
             break;
         }
-        let Some(caps) = item.captures(line) else { continue };
+        let Some(caps) = item.captures(line) else {
+            continue;
+        };
         let stage: i64 = caps[1].parse().unwrap_or(i64::MAX);
         entries.push(parse_entry(stage, &caps[2], start + offset + 2));
     }
     if entries.is_empty() {
-        diags.push(Problem::at(path, text, start + 1, 1, lines[start].len(), "the staged startup order lists no components"));
+        diags.push(Problem::at(
+            path,
+            text,
+            start + 1,
+            1,
+            lines[start].len(),
+            "the staged startup order lists no components",
+        ));
         return None;
     }
     let sections = sections(&lines);
@@ -62,19 +71,40 @@ pub(crate) fn parse(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<
     for entry in entries {
         let name = normalize(&entry.title);
         if name.is_empty() {
-            diags.push(Problem::at(path, text, entry.line, 1, 1, format!("cannot derive a component name from `{}`", entry.title)));
+            diags.push(Problem::at(
+                path,
+                text,
+                entry.line,
+                1,
+                1,
+                format!("cannot derive a component name from `{}`", entry.title),
+            ));
             continue;
         }
         if let Some(first) = seen.insert(name.clone(), entry.line) {
             diags.push(
-                Problem::at(path, text, entry.line, 1, 1, format!("`{}` is listed twice in the staged startup order", entry.title))
-                    .with_hint(format!("it is first listed on line {first}")),
+                Problem::at(
+                    path,
+                    text,
+                    entry.line,
+                    1,
+                    1,
+                    format!(
+                        "`{}` is listed twice in the staged startup order",
+                        entry.title
+                    ),
+                )
+                .with_hint(format!("it is first listed on line {first}")),
             );
             continue;
         }
         let section = find_section(&sections, &name);
         let mut notes = vec![format!("blueprint stage {}: {}", entry.stage, entry.title)];
-        if let Some(layer) = entry.layer.as_ref().or(section.and_then(|s| s.layer.as_ref())) {
+        if let Some(layer) = entry
+            .layer
+            .as_ref()
+            .or(section.and_then(|s| s.layer.as_ref()))
+        {
             notes.push(format!("layer: {layer}"));
         }
         if let Some(check) = section.and_then(|s| s.health_check.as_ref()) {
@@ -85,13 +115,21 @@ pub(crate) fn parse(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<
             name,
             priority,
             stage: Some(entry.stage),
-            optional: Some(entry.optional),
+            // Only a positive mark is information: unmarked entries leave `optional` to other files.
+            optional: entry.optional.then_some(true),
             notes,
-            origin: Origin { file: path.to_path_buf(), pointer: None, line: Some(entry.line) },
+            origin: Origin {
+                file: path.to_path_buf(),
+                pointer: None,
+                line: Some(entry.line),
+            },
             ..Decl::default()
         });
     }
-    Some(Parsed { decls, ..Parsed::default() })
+    Some(Parsed {
+        decls,
+        ..Parsed::default()
+    })
 }
 
 /// `Memory Store (Heart, priority 1)`, `Operator Console Service (Throat, priority 3, optional)`,
@@ -123,7 +161,14 @@ fn parse_entry(stage: i64, rest: &str, line: usize) -> Entry {
             layer = Some(attr.to_owned());
         }
     }
-    Entry { stage, title: title.to_owned(), priority, optional, layer, line }
+    Entry {
+        stage,
+        title: title.to_owned(),
+        priority,
+        optional,
+        layer,
+        line,
+    }
 }
 
 /// Every `### Title` section with its bold fields, keyed by normalised title.
@@ -138,10 +183,16 @@ fn sections(lines: &[&str]) -> Vec<(String, Section)> {
             out.push((String::new(), Section::default()));
             continue;
         }
-        let Some((_, section)) = out.last_mut() else { continue };
+        let Some((_, section)) = out.last_mut() else {
+            continue;
+        };
         let item = line.trim_start().trim_start_matches("- ").trim();
         if let Some(value) = field(item, "Priority") {
-            section.priority = value.trim_start_matches(['P', 'p']).split_whitespace().next().and_then(|n| n.parse().ok());
+            section.priority = value
+                .trim_start_matches(['P', 'p'])
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok());
         } else if let Some(value) = field(item, "Health Check") {
             section.health_check = Some(value.to_owned());
         } else if let Some(value) = field(item, "Layer") {
@@ -164,7 +215,11 @@ fn find_section<'a>(sections: &'a [(String, Section)], name: &str) -> Option<&'a
     sections
         .iter()
         .find(|(title, _)| title == name)
-        .or_else(|| sections.iter().find(|(title, _)| title.starts_with(&prefix)))
+        .or_else(|| {
+            sections
+                .iter()
+                .find(|(title, _)| title.starts_with(&prefix))
+        })
         .map(|(_, section)| section)
 }
 
@@ -174,19 +229,31 @@ mod tests {
 
     #[test]
     fn entries_keep_optional_and_priority() {
-        let entry = parse_entry(3, "Operator Console Service (Throat, priority 3, optional)", 9);
+        let entry = parse_entry(
+            3,
+            "Operator Console Service (Throat, priority 3, optional)",
+            9,
+        );
         assert_eq!(entry.title, "Operator Console Service");
         assert_eq!(entry.priority, Some(3));
         assert!(entry.optional);
         assert_eq!(entry.layer.as_deref(), Some("Throat"));
-        let entry = parse_entry(0, "RAZAR Startup Orchestrator (external, priority 0) – see [RAZAR Agent](RAZAR_AGENT.md)", 1);
+        let entry = parse_entry(
+            0,
+            "RAZAR Startup Orchestrator (external, priority 0) – see [RAZAR Agent](RAZAR_AGENT.md)",
+            1,
+        );
         assert_eq!(entry.title, "RAZAR Startup Orchestrator");
         assert_eq!(entry.priority, Some(0));
     }
 
     #[test]
     fn sections_match_by_normalised_prefix() {
-        let lines = ["### Avatar Subsystem", "- **Priority:** 4", "- **Health Check:** Verify frames."];
+        let lines = [
+            "### Avatar Subsystem",
+            "- **Priority:** 4",
+            "- **Health Check:** Verify frames.",
+        ];
         let sections = sections(&lines);
         let section = find_section(&sections, "avatar").expect("prefix match");
         assert_eq!(section.priority, Some(4));

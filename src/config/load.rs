@@ -40,7 +40,12 @@ impl PartialEq for SourceFile {
 impl SourceFile {
     fn new(path: PathBuf, format: Format, text: Text) -> Self {
         let locator = Arc::new(Locator::new(text.clone()));
-        Self { path, format, text, locator }
+        Self {
+            path,
+            format,
+            text,
+            locator,
+        }
     }
 }
 
@@ -58,23 +63,37 @@ pub fn default_restart() -> Restart {
 }
 
 pub fn default_stop() -> Stop {
-    Stop { signal: "SIGTERM".to_owned(), grace: Duration::from_secs(10), command: None }
+    Stop {
+        signal: "SIGTERM".to_owned(),
+        grace: Duration::from_secs(10),
+        command: None,
+    }
 }
 
 /// A problem at a component's declaration (for checks made after loading, e.g. in `graph`),
-/// optionally at a field below it (`"/depends_on"`).
+/// optionally at a field below it (`"/depends_on"`; `"/a|/b"` tries `/a`, then `/b`).
 pub fn problem_at(config: &Config, origin: &Origin, field: &str, message: String) -> Problem {
     let Some(source) = config.sources.iter().find(|s| s.path == origin.file) else {
         return Problem::file(&origin.file, message);
     };
     match (&origin.pointer, origin.line) {
         (Some(pointer), _) => {
+            let candidates: Vec<String> =
+                field.split('|').map(|f| format!("{pointer}{f}")).collect();
+            let chosen = candidates
+                .iter()
+                .find(|c| source.locator.exists(c))
+                .unwrap_or(&candidates[0]);
             source
                 .locator
-                .problem(&source.path, &source.text, &format!("{pointer}{field}"), message)
+                .problem(&source.path, &source.text, chosen, message)
         }
         (None, Some(line)) => {
-            let line_len = source.text.lines().nth(line.saturating_sub(1)).map_or(1, str::len);
+            let line_len = source
+                .text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .map_or(1, str::len);
             Problem::at(&source.path, &source.text, line, 1, line_len, message)
         }
         (None, None) => Problem::file(&source.path, message),
@@ -83,25 +102,37 @@ pub fn problem_at(config: &Config, origin: &Origin, field: &str, message: String
 
 /// Loads, merges and checks the given files. Every problem is reported, none is fatal early.
 pub fn load(paths: &[PathBuf]) -> Result<Config, Diagnostics> {
+    let (config, diags) = load_partial(paths);
+    diags.into_result()?;
+    Ok(config.expect("a config is produced whenever no problem was found"))
+}
+
+/// Like [`load`], but returns what could be resolved alongside the problems, so later checks
+/// (the dependency graph) can add theirs and the user sees everything in one run. The config
+/// is `None` only when no file could be parsed at all.
+pub fn load_partial(paths: &[PathBuf]) -> (Option<Config>, Diagnostics) {
     let mut diags = Diagnostics::new();
     let mut sources = Vec::new();
     let mut parsed = Vec::new();
     for path in paths {
-        let Some(text) = read(path, &mut diags) else { continue };
+        let Some(text) = read(path, &mut diags) else {
+            continue;
+        };
         diags.add_source(path, text.clone());
-        let Some(format) = detect(path, &text, &mut diags) else { continue };
+        let Some(format) = detect(path, &text, &mut diags) else {
+            continue;
+        };
         let source = SourceFile::new(path.clone(), format, text);
         if let Some(result) = parse_source(&source, &mut diags) {
             parsed.push((sources.len(), result));
         }
         sources.push(source);
     }
-    if !diags.is_empty() {
-        return Err(diags);
+    if parsed.is_empty() {
+        return (None, diags);
     }
     let config = merge(sources, parsed, &mut diags);
-    diags.into_result()?;
-    Ok(config)
+    (Some(config), diags)
 }
 
 fn read(path: &Path, diags: &mut Diagnostics) -> Option<Text> {
@@ -122,7 +153,10 @@ fn read(path: &Path, diags: &mut Diagnostics) -> Option<Text> {
     if meta.len() > MAX_FILE_BYTES {
         diags.push(Problem::file(
             path,
-            format!("config is {} MiB; razar reads files up to 64 MiB", meta.len() / (1024 * 1024)),
+            format!(
+                "config is {} MiB; razar reads files up to 64 MiB",
+                meta.len() / (1024 * 1024)
+            ),
         ));
         return None;
     }
@@ -144,8 +178,14 @@ fn read(path: &Path, diags: &mut Diagnostics) -> Option<Text> {
         Ok(text) if text.contains('\0') => {
             let offset = text.find('\0').unwrap_or(0);
             diags.push(
-                Problem::at_offset(path, &text, offset, 1, "config contains a NUL byte: this is not a text file")
-                    .with_hint("pass a YAML, JSON or Markdown config"),
+                Problem::at_offset(
+                    path,
+                    &text,
+                    offset,
+                    1,
+                    "config contains a NUL byte: this is not a text file",
+                )
+                .with_hint("pass a YAML, JSON or Markdown config"),
             );
             None
         }
@@ -154,8 +194,14 @@ fn read(path: &Path, diags: &mut Diagnostics) -> Option<Text> {
             let offset = err.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(err.as_bytes()).into_owned();
             diags.push(
-                Problem::at_offset(path, &text, offset, 1, format!("config is not UTF-8 text (invalid byte at offset {offset})"))
-                    .with_hint("save the file as UTF-8"),
+                Problem::at_offset(
+                    path,
+                    &text,
+                    offset,
+                    1,
+                    format!("config is not UTF-8 text (invalid byte at offset {offset})"),
+                )
+                .with_hint("save the file as UTF-8"),
             );
             None
         }
@@ -171,7 +217,9 @@ fn file_name(path: &Path) -> String {
 /// Detects the format from the file name, then from the content.
 fn detect(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Format> {
     let name = file_name(path);
-    let stem = name.rsplit_once('.').map_or(name.as_str(), |(stem, _)| stem);
+    let stem = name
+        .rsplit_once('.')
+        .map_or(name.as_str(), |(stem, _)| stem);
     let by_name = match stem {
         "boot_config" => Some(Format::BootConfig),
         "razar_config" => Some(Format::RazarConfig),
@@ -197,12 +245,19 @@ fn detect(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Format> {
         Format::RazarEnv
     } else if has_health_check {
         Format::BootConfig
-    } else if ["enable_ai_handover", "chakra", "ai_agent"].iter().any(|k| map.contains_key(*k)) {
+    } else if ["enable_ai_handover", "chakra", "ai_agent"]
+        .iter()
+        .any(|k| map.contains_key(*k))
+    {
         Format::RazarConfig
     } else if map.contains_key("components") || map.contains_key("version") {
         Format::Native
     } else if !map.is_empty()
-        && map.values().all(|v| v.get("priority").and_then(Value::as_str).is_some_and(|p| p.starts_with('P')))
+        && map.values().all(|v| {
+            v.get("priority")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p.starts_with('P'))
+        })
     {
         Format::Priorities
     } else {
@@ -222,7 +277,14 @@ fn parse_value(source: &SourceFile, diags: &mut Diagnostics) -> Option<Value> {
     let is_json = file_name(path).ends_with(".json");
     let result = if is_json {
         serde_json::from_str::<Value>(text).map_err(|err| {
-            let problem = Problem::at(path, text, err.line(), err.column(), 1, format!("invalid JSON: {err}"));
+            let problem = Problem::at(
+                path,
+                text,
+                err.line(),
+                err.column(),
+                1,
+                format!("invalid JSON: {err}"),
+            );
             problem.with_hint("fix the syntax at this position")
         })
     } else {
@@ -270,31 +332,38 @@ fn parse_source(source: &SourceFile, diags: &mut Diagnostics) -> Option<Parsed> 
                 source
                     .locator
                     .problem(path, text, &pointer, message)
-                    .with_hint(format!("see the {} schema in schemas/", source.format.describe())),
+                    .with_hint(format!(
+                        "see the {} schema in schemas/",
+                        source.format.describe()
+                    )),
             );
         }
         return None;
     }
-    let before = diags.len();
-    let parsed = match source.format {
+    match source.format {
         Format::Native => native::parse(path, text, value, &source.locator, diags),
         Format::BootConfig => abzu::parse_boot_config(path, value, &source.locator, diags),
         Format::RazarConfig => abzu::parse_razar_config(path, value, &source.locator, diags),
         Format::RazarEnv => abzu::parse_razar_env(path, value, diags),
         Format::Priorities => abzu::parse_priorities(path, value, &source.locator, diags),
         Format::Blueprint => unreachable!("blueprints are parsed above"),
-    };
-    (diags.len() == before).then_some(parsed).flatten()
+    }
 }
 
 /// What the merge knows about one component so far.
 struct Merged {
     decl: Decl,
-    /// Index of the source that declared the component first, for conflict messages.
+    /// Index of the source that declared the component first.
     first: usize,
+    /// Which source set each field, for conflict messages.
+    set_by: HashMap<String, usize>,
 }
 
-fn merge(sources: Vec<SourceFile>, parsed: Vec<(usize, Parsed)>, diags: &mut Diagnostics) -> Config {
+fn merge(
+    sources: Vec<SourceFile>,
+    parsed: Vec<(usize, Parsed)>,
+    diags: &mut Diagnostics,
+) -> Config {
     let first_dir = sources
         .first()
         .and_then(|s| s.path.parent())
@@ -310,13 +379,20 @@ fn merge(sources: Vec<SourceFile>, parsed: Vec<(usize, Parsed)>, diags: &mut Dia
 
     for (src, mut file) in parsed {
         let source = &sources[src];
-        let dir = source.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = source
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let settings = &file.settings;
         if let Some(p) = settings.parallelism {
             match parallelism {
                 Some((q, other)) if q != p => diags.push(conflict_file(
-                    &sources, src, other, format!("`parallelism` is {p} here but {q} in")),
-                ),
+                    &sources,
+                    src,
+                    other,
+                    format!("`parallelism` is {p} here but {q} in"),
+                )),
                 None => parallelism = Some((p, src)),
                 _ => {}
             }
@@ -325,7 +401,14 @@ fn merge(sources: Vec<SourceFile>, parsed: Vec<(usize, Parsed)>, diags: &mut Dia
             let resolved = absolutize(&dir, dir_setting);
             match &state_dir {
                 Some((other_dir, other)) if *other_dir != resolved => diags.push(conflict_file(
-                    &sources, src, *other, format!("`state_dir` is {} here but {} in", resolved.display(), other_dir.display()),
+                    &sources,
+                    src,
+                    *other,
+                    format!(
+                        "`state_dir` is {} here but {} in",
+                        resolved.display(),
+                        other_dir.display()
+                    ),
                 )),
                 None => state_dir = Some((resolved, src)),
                 _ => {}
@@ -333,7 +416,12 @@ fn merge(sources: Vec<SourceFile>, parsed: Vec<(usize, Parsed)>, diags: &mut Dia
         }
         if let Some(c) = &settings.crown {
             match &crown {
-                Some((_, other)) => diags.push(conflict_file(&sources, src, *other, "`crown` is configured here and in".to_owned())),
+                Some((_, other)) => diags.push(conflict_file(
+                    &sources,
+                    src,
+                    *other,
+                    "`crown` is configured here and in".to_owned(),
+                )),
                 None => crown = Some((c.clone(), src)),
             }
         }
@@ -368,8 +456,17 @@ fn merge(sources: Vec<SourceFile>, parsed: Vec<(usize, Parsed)>, diags: &mut Dia
             if let Some(&first) = seen_here.get(&decl.name) {
                 let first_origin = &merged[first].decl.origin;
                 diags.push(
-                    problem_in(source, &decl.origin, "/name", format!("duplicate component name `{}`", decl.name))
-                        .with_hint(format!("`{}` is already declared at {}; rename one of them", decl.name, line_of(&sources, first_origin))),
+                    problem_in(
+                        source,
+                        &decl.origin,
+                        "/name",
+                        format!("duplicate component name `{}`", decl.name),
+                    )
+                    .with_hint(format!(
+                        "`{}` is already declared at {}; rename one of them",
+                        decl.name,
+                        line_of(&sources, first_origin)
+                    )),
                 );
                 continue;
             }
@@ -378,9 +475,14 @@ fn merge(sources: Vec<SourceFile>, parsed: Vec<(usize, Parsed)>, diags: &mut Dia
                 .get(&decl.name)
                 .copied()
                 .or_else(|| metadata.then(|| by_normalized.get(&key).copied()).flatten())
-                .or_else(|| by_normalized.get(&key).copied().filter(|&i| {
-                    matches!(sources_of(&sources, &merged[i].decl.origin), Some(Format::Priorities | Format::Blueprint))
-                }));
+                .or_else(|| {
+                    by_normalized.get(&key).copied().filter(|&i| {
+                        matches!(
+                            sources_of(&sources, &merged[i].decl.origin),
+                            Some(Format::Priorities | Format::Blueprint)
+                        )
+                    })
+                });
             match existing {
                 Some(i) => {
                     seen_here.insert(decl.name.clone(), i);
@@ -391,7 +493,11 @@ fn merge(sources: Vec<SourceFile>, parsed: Vec<(usize, Parsed)>, diags: &mut Dia
                     by_name.insert(decl.name.clone(), index);
                     by_normalized.entry(key).or_insert(index);
                     seen_here.insert(decl.name.clone(), index);
-                    merged.push(Merged { decl, first: src });
+                    merged.push(Merged {
+                        decl,
+                        first: src,
+                        set_by: HashMap::new(),
+                    });
                 }
             }
         }
@@ -418,7 +524,10 @@ fn merge(sources: Vec<SourceFile>, parsed: Vec<(usize, Parsed)>, diags: &mut Dia
 }
 
 fn sources_of(sources: &[SourceFile], origin: &Origin) -> Option<Format> {
-    sources.iter().find(|s| s.path == origin.file).map(|s| s.format)
+    sources
+        .iter()
+        .find(|s| s.path == origin.file)
+        .map(|s| s.format)
 }
 
 fn default_parallelism() -> usize {
@@ -440,9 +549,18 @@ fn absolutize(base: &Path, path: &Path) -> PathBuf {
 
 fn problem_in(source: &SourceFile, origin: &Origin, field: &str, message: String) -> Problem {
     match (&origin.pointer, origin.line) {
-        (Some(pointer), _) => source.locator.problem(&source.path, &source.text, &format!("{pointer}{field}"), message),
+        (Some(pointer), _) => source.locator.problem(
+            &source.path,
+            &source.text,
+            &format!("{pointer}{field}"),
+            message,
+        ),
         (None, Some(line)) => {
-            let len = source.text.lines().nth(line.saturating_sub(1)).map_or(1, str::len);
+            let len = source
+                .text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .map_or(1, str::len);
             Problem::at(&source.path, &source.text, line, 1, len, message)
         }
         (None, None) => Problem::file(&source.path, message),
@@ -465,8 +583,11 @@ fn line_of(sources: &[SourceFile], origin: &Origin) -> String {
 }
 
 fn conflict_file(sources: &[SourceFile], here: usize, other: usize, message: String) -> Problem {
-    Problem::file(&sources[here].path, format!("{message} {}", sources[other].path.display()))
-        .with_hint("set it in one file only")
+    Problem::file(
+        &sources[here].path,
+        format!("{message} {}", sources[other].path.display()),
+    )
+    .with_hint("set it in one file only")
 }
 
 /// Within one file, a staged declaration without explicit dependencies depends on every
@@ -479,12 +600,19 @@ fn implied_stages(decls: &mut [Decl]) {
         }
     }
     for decl in decls.iter_mut() {
-        let (Some(stage), None) = (decl.stage, &decl.depends_on) else { continue };
+        let (Some(stage), None) = (decl.stage, &decl.depends_on) else {
+            continue;
+        };
         if let Some((&below_stage, below)) = stages.range(..stage).next_back() {
-            decl.notes.push(format!("stage {stage}: starts after every component of stage {below_stage}"));
+            decl.notes.push(format!(
+                "stage {stage}: starts after every component of stage {below_stage}"
+            ));
             decl.stage_deps = below
                 .iter()
-                .map(|name| Dependency { name: name.clone(), condition: Condition::Ready })
+                .map(|name| Dependency {
+                    name: name.clone(),
+                    condition: Condition::Ready,
+                })
                 .collect();
         }
     }
@@ -493,18 +621,37 @@ fn implied_stages(decls: &mut [Decl]) {
 macro_rules! merge_field {
     ($merged:expr, $decl:expr, $field:ident, $src:expr, $sources:expr, $diags:expr) => {
         if let Some(value) = $decl.$field.take() {
+            let field = stringify!($field);
+            let other = $merged.set_by.get(field).copied().unwrap_or($merged.first);
             match &$merged.decl.$field {
                 Some(existing) if *existing != value => {
-                    $diags.push(field_conflict($sources, &$merged.decl, &$decl, stringify!($field), $merged.first, $src));
+                    $diags.push(field_conflict(
+                        $sources,
+                        &$merged.decl,
+                        &$decl,
+                        field,
+                        other,
+                        $src,
+                    ));
                 }
                 Some(_) => {}
-                None => $merged.decl.$field = Some(value),
+                None => {
+                    $merged.decl.$field = Some(value);
+                    $merged.set_by.insert(field.to_owned(), $src);
+                }
             }
         }
     };
 }
 
-fn field_conflict(sources: &[SourceFile], kept: &Decl, new: &Decl, field: &str, first: usize, src: usize) -> Problem {
+fn field_conflict(
+    sources: &[SourceFile],
+    kept: &Decl,
+    new: &Decl,
+    field: &str,
+    first: usize,
+    src: usize,
+) -> Problem {
     let source = &sources[src];
     problem_in(
         source,
@@ -513,7 +660,7 @@ fn field_conflict(sources: &[SourceFile], kept: &Decl, new: &Decl, field: &str, 
         format!(
             "conflicting definitions of `{}`: `{field}` differs from {}",
             kept.name,
-            line_of(sources, &kept.origin)
+            sources[first].path.display()
         ),
     )
     .with_hint(format!(
@@ -524,7 +671,13 @@ fn field_conflict(sources: &[SourceFile], kept: &Decl, new: &Decl, field: &str, 
     ))
 }
 
-fn merge_into(merged: &mut Merged, mut decl: Decl, src: usize, sources: &[SourceFile], diags: &mut Diagnostics) {
+fn merge_into(
+    merged: &mut Merged,
+    mut decl: Decl,
+    src: usize,
+    sources: &[SourceFile],
+    diags: &mut Diagnostics,
+) {
     merge_field!(merged, decl, kind, src, sources, diags);
     merge_field!(merged, decl, command, src, sources, diags);
     merge_field!(merged, decl, depends_on, src, sources, diags);
@@ -541,7 +694,14 @@ fn merge_into(merged: &mut Merged, mut decl: Decl, src: usize, sources: &[Source
     for (key, value) in std::mem::take(&mut decl.env) {
         match merged.decl.env.get(&key) {
             Some(existing) if *existing != value => {
-                diags.push(field_conflict(sources, &merged.decl, &decl, &format!("env/{key}"), merged.first, src));
+                diags.push(field_conflict(
+                    sources,
+                    &merged.decl,
+                    &decl,
+                    &format!("env/{key}"),
+                    merged.first,
+                    src,
+                ));
             }
             _ => {
                 merged.decl.env.insert(key, value);
@@ -556,7 +716,10 @@ fn merge_into(merged: &mut Merged, mut decl: Decl, src: usize, sources: &[Source
     }
     // A definition with a command is the one users look for in diagnostics.
     if sources[src].format != Format::Priorities && sources[src].format != Format::Blueprint {
-        let metadata_first = matches!(sources[merged.first].format, Format::Priorities | Format::Blueprint);
+        let metadata_first = matches!(
+            sources[merged.first].format,
+            Format::Priorities | Format::Blueprint
+        );
         if metadata_first {
             merged.decl.origin = decl.origin;
             merged.decl.name = decl.name;
@@ -565,18 +728,27 @@ fn merge_into(merged: &mut Merged, mut decl: Decl, src: usize, sources: &[Source
     }
 }
 
-fn resolve(merged: Merged, canonical: &HashMap<String, String>, layers: &BTreeMap<String, String>) -> Component {
+fn resolve(
+    merged: Merged,
+    canonical: &HashMap<String, String>,
+    layers: &BTreeMap<String, String>,
+) -> Component {
     let Merged { decl, .. } = merged;
-    let kind = decl
-        .kind
-        .unwrap_or(if decl.command.is_some() { Kind::Service } else { Kind::Task });
+    let kind = decl.kind.unwrap_or(if decl.command.is_some() {
+        Kind::Service
+    } else {
+        Kind::Task
+    });
     let mut depends_on = match decl.depends_on {
         Some(explicit) => explicit,
         None => decl
             .stage_deps
             .iter()
             .map(|d| Dependency {
-                name: canonical.get(&normalize(&d.name)).cloned().unwrap_or_else(|| d.name.clone()),
+                name: canonical
+                    .get(&normalize(&d.name))
+                    .cloned()
+                    .unwrap_or_else(|| d.name.clone()),
                 condition: d.condition,
             })
             .collect(),
@@ -591,7 +763,10 @@ fn resolve(merged: Merged, canonical: &HashMap<String, String>, layers: &BTreeMa
         && let Some(task) = layers.get(layer)
         && !depends_on.iter().any(|d| &d.name == task)
     {
-        depends_on.push(Dependency { name: task.clone(), condition: Condition::Completed });
+        depends_on.push(Dependency {
+            name: task.clone(),
+            condition: Condition::Completed,
+        });
     }
     let mut ready = decl.ready;
     if let Some(probe) = &mut ready

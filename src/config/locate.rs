@@ -29,7 +29,10 @@ pub struct Locator {
 
 impl Locator {
     pub fn new(text: std::sync::Arc<str>) -> Self {
-        Self { text, index: OnceLock::new() }
+        Self {
+            text,
+            index: OnceLock::new(),
+        }
     }
 
     /// The text this locator indexes.
@@ -39,6 +42,11 @@ impl Locator {
 
     fn index(&self) -> &HashMap<String, Place> {
         self.index.get_or_init(|| build(&self.text))
+    }
+
+    /// Whether the node at `pointer` itself exists in the source.
+    pub fn exists(&self, pointer: &str) -> bool {
+        self.index().contains_key(pointer)
     }
 
     /// The place of the node at `pointer`, or of its nearest ancestor that exists.
@@ -88,8 +96,14 @@ fn unknown_field(message: &str) -> Option<&str> {
 
 enum Frame {
     /// In a mapping; `key` holds the pending key (text and span) until its value arrives.
-    Map { pointer: String, key: Option<(String, (usize, usize))> },
-    Seq { pointer: String, next: usize },
+    Map {
+        pointer: String,
+        key: Option<(String, (usize, usize))>,
+    },
+    Seq {
+        pointer: String,
+        next: usize,
+    },
 }
 
 /// Walks the event stream, recording each node's pointer. Stops quietly at a syntax error:
@@ -103,22 +117,44 @@ fn build(text: &str) -> HashMap<String, Place> {
         let (start, len) = chars_to_bytes.span(&span);
         match event {
             Event::Scalar(value, ..) => {
-                if let Some(Frame::Map { key: key @ None, .. }) = stack.last_mut() {
+                if let Some(Frame::Map {
+                    key: key @ None, ..
+                }) = stack.last_mut()
+                {
                     *key = Some((value.into_owned(), (start, len)));
                     continue;
                 }
-                let Some(pointer) = child_pointer(&mut stack) else { continue };
+                let Some(pointer) = child_pointer(&mut stack) else {
+                    continue;
+                };
                 let key = take_key(&mut stack);
-                index.insert(pointer, Place { offset: start, len, key });
+                index.insert(
+                    pointer,
+                    Place {
+                        offset: start,
+                        len,
+                        key,
+                    },
+                );
             }
             Event::Alias(_) => {
-                if let Some(Frame::Map { key: key @ None, .. }) = stack.last_mut() {
+                if let Some(Frame::Map {
+                    key: key @ None, ..
+                }) = stack.last_mut()
+                {
                     *key = Some((String::new(), (start, len)));
                     continue;
                 }
                 if let Some(pointer) = child_pointer(&mut stack) {
                     let key = take_key(&mut stack);
-                    index.insert(pointer, Place { offset: start, len, key });
+                    index.insert(
+                        pointer,
+                        Place {
+                            offset: start,
+                            len,
+                            key,
+                        },
+                    );
                 }
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
@@ -129,8 +165,18 @@ fn build(text: &str) -> HashMap<String, Place> {
                 };
                 let Some(pointer) = pointer else { break };
                 let key = take_key(&mut stack);
-                let line_len = text[start..].find('\n').unwrap_or(text.len() - start);
-                index.insert(pointer.clone(), Place { offset: start, len: line_len.max(1), key });
+                // A block container starts at its first child; the key line (`ready:`) is
+                // where a reader looks for it, so point there when there is one.
+                let at = key.map_or(start, |(k, _)| k);
+                let line_len = text[at..].find('\n').unwrap_or(text.len() - at);
+                index.insert(
+                    pointer.clone(),
+                    Place {
+                        offset: at,
+                        len: line_len.max(1),
+                        key,
+                    },
+                );
                 stack.push(if matches!(event, Event::MappingStart(..)) {
                     Frame::Map { pointer, key: None }
                 } else {
@@ -151,7 +197,10 @@ fn child_pointer(stack: &mut [Frame]) -> Option<String> {
     match stack.last_mut()? {
         Frame::Map { pointer, key } => {
             let (name, _) = key.as_ref()?;
-            Some(format!("{pointer}/{}", name.replace('~', "~0").replace('/', "~1")))
+            Some(format!(
+                "{pointer}/{}",
+                name.replace('~', "~0").replace('/', "~1")
+            ))
         }
         Frame::Seq { pointer, next } => {
             let child = format!("{pointer}/{next}");
@@ -178,7 +227,10 @@ struct CharIndex {
 impl CharIndex {
     fn new(text: &str) -> Self {
         let offsets = (!text.is_ascii()).then(|| text.char_indices().map(|(i, _)| i).collect());
-        Self { offsets, len: text.len() }
+        Self {
+            offsets,
+            len: text.len(),
+        }
     }
 
     fn byte(&self, char_index: usize) -> usize {

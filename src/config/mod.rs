@@ -19,7 +19,7 @@ pub mod locate;
 pub mod native;
 mod schema;
 
-pub use load::{SourceFile, load, problem_at};
+pub use load::{SourceFile, load, load_partial, problem_at};
 
 /// A component name: `[A-Za-z0-9_.-]{1,64}`, because names become file names.
 pub fn valid_name(name: &str) -> bool {
@@ -414,6 +414,9 @@ mod tests {
         assert_eq!(normalize("CROWN LLM"), "crown_llm");
         assert_eq!(normalize("Vision Adapter (YOLOE)"), "vision_adapter");
         assert_eq!(normalize("memory_store"), "memory_store");
-        assert_eq!(normalize("  Operator-Console  Service "), "operator_console_service");
+        assert_eq!(
+            normalize("  Operator-Console  Service "),
+            "operator_console_service"
+        );
     }
 }

@@ -312,14 +312,20 @@ impl Ctx<'_> {
 pub fn normalize_signal(name: &str) -> Option<String> {
     let upper = name.trim().to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    const KNOWN: [&str; 8] = ["TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2", "WINCH"];
-    KNOWN
-        .contains(&bare)
-        .then(|| format!("SIG{bare}"))
+    const KNOWN: [&str; 8] = [
+        "TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2", "WINCH",
+    ];
+    KNOWN.contains(&bare).then(|| format!("SIG{bare}"))
 }
 
 /// Converts a validated native document into declarations and settings.
-pub(crate) fn parse(path: &Path, text: &str, value: Value, locator: &Locator, diags: &mut Diagnostics) -> Option<Parsed> {
+pub(crate) fn parse(
+    path: &Path,
+    text: &str,
+    value: Value,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> Option<Parsed> {
     let raw: RawConfig = match serde_path_to_error::deserialize(value) {
         Ok(raw) => raw,
         Err(err) => {
@@ -328,7 +334,12 @@ pub(crate) fn parse(path: &Path, text: &str, value: Value, locator: &Locator, di
             return None;
         }
     };
-    let mut ctx = Ctx { path, text, locator, diags };
+    let mut ctx = Ctx {
+        path,
+        text,
+        locator,
+        diags,
+    };
     if let Some(version) = raw.version
         && version != 1
     {
@@ -339,7 +350,11 @@ pub(crate) fn parse(path: &Path, text: &str, value: Value, locator: &Locator, di
         );
     }
     if raw.parallelism == Some(0) {
-        ctx.problem("/parallelism", "`parallelism` must be at least 1".to_owned(), None);
+        ctx.problem(
+            "/parallelism",
+            "`parallelism` must be at least 1".to_owned(),
+            None,
+        );
     }
     let defaults = match raw.defaults {
         Some(d) => Defaults {
@@ -363,18 +378,27 @@ pub(crate) fn parse(path: &Path, text: &str, value: Value, locator: &Locator, di
             .enumerate()
             .filter_map(|(i, m)| {
                 let launch = ctx.command(&format!("/crown/models/{i}/launch"), Some(m.launch))?;
-                Some(Model { capability: m.capability, aliases: m.aliases, launch })
+                Some(Model {
+                    capability: m.capability,
+                    aliases: m.aliases,
+                    launch,
+                })
             })
             .collect(),
     });
     let mut decls = Vec::with_capacity(raw.components.len());
     for (i, c) in raw.components.into_iter().enumerate() {
         let at = format!("/components/{i}");
-        let ready = c.ready.and_then(|p| probe(&mut ctx, &format!("{at}/ready"), p));
+        let ready = c
+            .ready
+            .and_then(|p| probe(&mut ctx, &format!("{at}/ready"), p));
         let depends_on = c.depends_on.map(|d| match d {
             RawDepends::List(names) => names
                 .into_iter()
-                .map(|name| Dependency { name, condition: Condition::Ready })
+                .map(|name| Dependency {
+                    name,
+                    condition: Condition::Ready,
+                })
                 .collect(),
             RawDepends::Map(map) => map
                 .into_iter()
@@ -391,7 +415,11 @@ pub(crate) fn parse(path: &Path, text: &str, value: Value, locator: &Locator, di
             ready,
             restart: ctx.restart(&format!("{at}/restart"), c.restart),
             stop: ctx.stop(&format!("{at}/stop"), c.stop),
-            env: c.env.into_iter().map(|(k, v)| (k, v.into_string())).collect(),
+            env: c
+                .env
+                .into_iter()
+                .map(|(k, v)| (k, v.into_string()))
+                .collect(),
             cwd: c.cwd.map(Into::into),
             layer: c.layer,
             tests: ctx.command(&format!("{at}/tests"), c.tests),
@@ -401,7 +429,11 @@ pub(crate) fn parse(path: &Path, text: &str, value: Value, locator: &Locator, di
             notes: Vec::new(),
             stage: None,
             stage_deps: Vec::new(),
-            origin: Origin { file: path.to_path_buf(), pointer: Some(at), line: None },
+            origin: Origin {
+                file: path.to_path_buf(),
+                pointer: Some(at),
+                line: None,
+            },
         });
     }
     // Readiness deadline default is per file: a probe without `timeout` takes the file's
@@ -453,7 +485,11 @@ fn probe(ctx: &mut Ctx<'_>, pointer: &str, raw: RawProbe) -> Option<Probe> {
     }
     if let Some(pattern) = raw.log {
         if let Err(err) = regex::Regex::new(&pattern) {
-            ctx.problem(&format!("{pointer}/log"), format!("invalid log regex: {err}"), None);
+            ctx.problem(
+                &format!("{pointer}/log"),
+                format!("invalid log regex: {err}"),
+                None,
+            );
         }
         checks.push(ProbeCheck::Log(pattern));
     }
@@ -462,7 +498,10 @@ fn probe(ctx: &mut Ctx<'_>, pointer: &str, raw: RawProbe) -> Option<Probe> {
     if checks.len() != 1 {
         ctx.problem(
             pointer,
-            format!("a probe needs exactly one of tcp, http, exec, log (found {})", checks.len()),
+            format!(
+                "a probe needs exactly one of tcp, http, exec, log (found {})",
+                checks.len()
+            ),
             None,
         );
         return None;
@@ -492,7 +531,8 @@ pub(crate) fn pointer_of(path: &serde_path_to_error::Path) -> String {
     for segment in path.iter() {
         match segment {
             serde_path_to_error::Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
-            serde_path_to_error::Segment::Map { key } | serde_path_to_error::Segment::Enum { variant: key } => {
+            serde_path_to_error::Segment::Map { key }
+            | serde_path_to_error::Segment::Enum { variant: key } => {
                 pointer.push('/');
                 pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
             }

@@ -38,7 +38,9 @@ fn validator(format: Format) -> Option<&'static Validator> {
 
 /// Every schema violation as (JSON pointer, message).
 pub fn validate(format: Format, value: &Value) -> Vec<(String, String)> {
-    let Some(validator) = validator(format) else { return Vec::new() };
+    let Some(validator) = validator(format) else {
+        return Vec::new();
+    };
     if validator.is_valid(value) {
         return Vec::new();
     }
@@ -48,15 +50,17 @@ pub fn validate(format: Format, value: &Value) -> Vec<(String, String)> {
             let pointer = err.instance_path().to_string();
             match err.kind() {
                 // One problem per unexpected key, located at the key itself.
-                jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => unexpected
-                    .iter()
-                    .map(|key| {
-                        (
-                            pointer.clone(),
-                            format!("unknown field `{key}`, not allowed here by the schema"),
-                        )
-                    })
-                    .collect::<Vec<_>>(),
+                jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                    unexpected
+                        .iter()
+                        .map(|key| {
+                            (
+                                pointer.clone(),
+                                format!("unknown field `{key}`, not allowed here by the schema"),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                }
                 _ => vec![(pointer, format!("{err}"))],
             }
         })
@@ -72,16 +76,31 @@ mod tests {
 
     #[test]
     fn every_schema_compiles() {
-        for format in [Format::Native, Format::BootConfig, Format::RazarConfig, Format::RazarEnv, Format::Priorities] {
+        for format in [
+            Format::Native,
+            Format::BootConfig,
+            Format::RazarConfig,
+            Format::RazarEnv,
+            Format::Priorities,
+        ] {
             assert!(validator(format).is_some());
         }
     }
 
     #[test]
     fn violations_carry_pointers() {
-        let value = serde_json::json!({"components": [{"name": "a", "kind": "daemon", "colour": 1}]});
+        let value =
+            serde_json::json!({"components": [{"name": "a", "kind": "daemon", "colour": 1}]});
         let problems = validate(Format::Native, &value);
-        assert!(problems.iter().any(|(p, m)| p == "/components/0" && m.contains("unknown field `colour`")), "{problems:?}");
-        assert!(problems.iter().any(|(p, _)| p == "/components/0/kind"), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|(p, m)| p == "/components/0" && m.contains("unknown field `colour`")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|(p, _)| p == "/components/0/kind"),
+            "{problems:?}"
+        );
     }
 }

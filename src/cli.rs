@@ -1,0 +1,89 @@
+//! The command line (clap derive): commands and flags only, no logic.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use razar::plan::Strategy;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    a component failed or was quarantined (or razar could not write its files)
+  2    bad input or usage: every problem is printed, nothing is started or written
+  130  interrupted";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "razar",
+    version,
+    about = "Declarative boot planner and executor for local services",
+    long_about = "razar reads the components of a service stack (services and tasks, their \
+dependencies, readiness probes and restart policies), compiles them into a dependency DAG, \
+shows the boot order it will use (`razar plan`) and validates configurations (`razar validate`).",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Config files to read; several are merged by component name.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// Config file (razar.yaml/.json, or ABZU's boot_config.json, razar_config.yaml,
+    /// razar_env.yaml, component_priorities.yaml, system_blueprint.md). Repeat to merge.
+    /// Default: ./razar.yaml, else ./config/razar.yaml.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check configuration files and report every problem at once.
+    #[command(after_help = EXIT_CODES)]
+    Validate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Show the boot order razar will use, with a predicted timeline and the reason for each step.
+    #[command(after_help = EXIT_CODES)]
+    Plan {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Components to boot, with everything they depend on (default: all).
+        #[arg(value_name = "TARGET")]
+        targets: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        /// Also write the plan file (JSON, with a content hash of the inputs) here.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Components in their start-up phase at once (default: the config's, else CPU count).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        parallelism: Option<u32>,
+        /// Ordering strategy.
+        #[arg(long, value_enum, default_value_t = Strategy::Priority)]
+        strategy: Strategy,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// A table in boot order (with a Gantt bar per step on a terminal).
+    Text,
+    /// The plan file format (schemas/plan.schema.json).
+    Json,
+    /// Graphviz dot of the DAG.
+    Dot,
+    /// A mermaid flowchart of the DAG, as in ABZU's docs.
+    Mermaid,
+    /// A mermaid gantt chart of the predicted timeline.
+    MermaidGantt,
+}

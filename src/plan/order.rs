@@ -1,0 +1,211 @@
+//! Ordering strategies: which ready component starts first.
+//!
+//! - `priority`: Kahn's algorithm; among components ready together, lower priority first,
+//!   then name.
+//! - `critical-path`: each component's rank is the longest weighted path from it to any sink;
+//!   list scheduling under the parallelism limit starts the highest-ranked ready component
+//!   first (ties by priority, then name). The plan order is the simulated start order.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use serde::{Deserialize, Serialize};
+
+use super::simulate::{self, SimNode};
+use super::{Reason, ReasonKind, WeightSource};
+use crate::config::Condition;
+use crate::graph::Graph;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Lower priority first among ready components, then name.
+    #[default]
+    Priority,
+    /// Longest remaining weighted path first (uses history or estimates).
+    CriticalPath,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Priority => "priority",
+            Strategy::CriticalPath => "critical-path",
+        }
+    }
+}
+
+/// An order over component indices with the reasons behind each position.
+pub(crate) struct Ordered {
+    pub order: Vec<usize>,
+    pub reasons: Vec<Vec<Reason>>,
+}
+
+pub(crate) fn order(
+    graph: &Graph,
+    included: &[usize],
+    weights: &[(u64, WeightSource)],
+    parallelism: usize,
+    strategy: Strategy,
+) -> Ordered {
+    let by_priority = priority_order(graph, included);
+    match strategy {
+        Strategy::Priority => by_priority,
+        Strategy::CriticalPath => critical_path_order(graph, by_priority, weights, parallelism),
+    }
+}
+
+fn dependency_reason(graph: &Graph, i: usize, included: &BTreeMap<usize, ()>) -> Reason {
+    let deps: Vec<String> = graph
+        .sorted_dependencies(i)
+        .into_iter()
+        .filter(|(d, _)| included.contains_key(d))
+        .map(|(d, condition)| {
+            let dep = &graph.components()[d];
+            let effective = match (dep.kind, condition) {
+                (crate::config::Kind::Task, Condition::Ready) => Condition::Completed,
+                (_, c) => c,
+            };
+            format!("{} ({})", dep.name, effective.as_str())
+        })
+        .collect();
+    let text = if deps.is_empty() {
+        "no dependencies".to_owned()
+    } else {
+        format!("after {}", deps.join(", "))
+    };
+    Reason {
+        kind: ReasonKind::Dependency,
+        text,
+    }
+}
+
+/// Kahn's algorithm with a ready set ordered by (priority, name).
+fn priority_order(graph: &Graph, included: &[usize]) -> Ordered {
+    let members: BTreeMap<usize, ()> = included.iter().map(|&i| (i, ())).collect();
+    let mut remaining: BTreeMap<usize, usize> = included
+        .iter()
+        .map(|&i| {
+            (
+                i,
+                graph
+                    .dependencies(i)
+                    .filter(|(d, _)| members.contains_key(d))
+                    .count(),
+            )
+        })
+        .collect();
+    let components = graph.components();
+    let key = |i: usize| Reverse((components[i].priority, components[i].name.as_str(), i));
+    let mut ready: BinaryHeap<Reverse<(i64, &str, usize)>> = BinaryHeap::new();
+    // How many components left the ready set while each one waited in it.
+    let mut waited: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    let mut pops = 0usize;
+    for (&i, &left) in &remaining {
+        if left == 0 {
+            ready.push(key(i));
+            waited.insert(i, (pops, 0));
+        }
+    }
+    let mut order = Vec::with_capacity(included.len());
+    let mut reasons = Vec::with_capacity(included.len());
+    while let Some(Reverse((priority, _, i))) = ready.pop() {
+        let (pushed_at, peers) = waited.get(&i).copied().unwrap_or((pops, 0));
+        let ahead = pops - pushed_at;
+        let others = ready.len() + peers;
+        pops += 1;
+        order.push(i);
+        let mut why = vec![dependency_reason(graph, i, &members)];
+        let text = if ahead > 0 {
+            format!("priority {priority}: {ahead} ready component(s) ranked before it")
+        } else if others > 0 {
+            format!("priority {priority}: first among the ready components")
+        } else {
+            format!("priority {priority}")
+        };
+        why.push(Reason {
+            kind: ReasonKind::Priority,
+            text,
+        });
+        reasons.push(why);
+        for dependent in graph.dependents(i) {
+            if let Some(left) = remaining.get_mut(&dependent) {
+                *left -= 1;
+                if *left == 0 {
+                    ready.push(key(dependent));
+                    waited.insert(dependent, (pops, ready.len() - 1));
+                }
+            }
+        }
+    }
+    debug_assert_eq!(order.len(), included.len(), "graph is acyclic");
+    Ordered { order, reasons }
+}
+
+/// List scheduling by rank (longest weighted path to a sink), ties by priority order.
+fn critical_path_order(
+    graph: &Graph,
+    topo: Ordered,
+    weights: &[(u64, WeightSource)],
+    parallelism: usize,
+) -> Ordered {
+    let position: BTreeMap<usize, usize> = topo
+        .order
+        .iter()
+        .enumerate()
+        .map(|(p, &i)| (i, p))
+        .collect();
+    let nodes: Vec<SimNode> = topo
+        .order
+        .iter()
+        .map(|&i| SimNode {
+            deps: graph
+                .sorted_dependencies(i)
+                .into_iter()
+                .filter_map(|(d, condition)| position.get(&d).map(|&p| (p, condition)))
+                .collect(),
+            weight_ms: weights[i].0,
+            holds_slot: graph.components()[i].command.is_some(),
+        })
+        .collect();
+    let ranks = simulate::ranks(&nodes);
+    let (_, critical) = simulate::critical_path(&nodes);
+    let on_path: std::collections::BTreeSet<usize> = critical.into_iter().collect();
+    // Key: highest rank first, then the priority order's position.
+    let mut by_rank: Vec<usize> = (0..nodes.len()).collect();
+    by_rank.sort_by_key(|&p| (Reverse(ranks[p]), p));
+    let mut key = vec![0usize; nodes.len()];
+    for (k, &p) in by_rank.iter().enumerate() {
+        key[p] = k;
+    }
+    let sim = simulate::simulate_keyed(&nodes, parallelism, &key);
+    let mut reasons_by_pos: Vec<Option<Vec<Reason>>> = topo.reasons.into_iter().map(Some).collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    let mut reasons = Vec::with_capacity(nodes.len());
+    for p in sim.sequence {
+        let i = topo.order[p];
+        let mut why = reasons_by_pos[p].take().unwrap_or_default();
+        // Keep the dependency reason; replace the priority one by the rank.
+        why.retain(|r| r.kind == ReasonKind::Dependency);
+        let to_go = crate::duration::display(std::time::Duration::from_millis(ranks[p]));
+        let text = if on_path.contains(&p) {
+            format!("on critical path, {to_go} to go")
+        } else {
+            format!("rank {to_go}: longest chain from here to the end")
+        };
+        why.insert(
+            0,
+            Reason {
+                kind: ReasonKind::CriticalPath,
+                text,
+            },
+        );
+        why.push(Reason {
+            kind: ReasonKind::Priority,
+            text: format!("priority {} breaks ties", graph.components()[i].priority),
+        });
+        order.push(i);
+        reasons.push(why);
+    }
+    Ordered { order, reasons }
+}

@@ -1,0 +1,138 @@
+//! Human renderings of a plan: the text table (with a Gantt bar per step) and a mermaid gantt.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::{Plan, WeightSource};
+use crate::duration::display;
+
+fn ms(value: u64) -> String {
+    display(Duration::from_millis(value))
+}
+
+/// One row per step in boot order: position, wave, priority, dependencies, predicted window,
+/// and the reasons; then excluded components and a summary line. `gantt` adds a bar chart
+/// column scaled to `width` characters.
+pub fn render_text(plan: &Plan, gantt: bool) -> String {
+    let mut out = String::new();
+    let name_w = plan
+        .steps
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:>3}  {:<name_w$}  {:>4}  {:>4}  {:<7}  {:>15}  reason",
+        "#", "step", "wave", "prio", "kind", "start → ready"
+    );
+    let width = 30u64;
+    let scale = plan.timeline.makespan_ms.max(1);
+    for (n, step) in plan.steps.iter().enumerate() {
+        let kind = match (&step.command, step.kind) {
+            (None, _) => "mile",
+            (Some(_), crate::config::Kind::Service) => "service",
+            (Some(_), crate::config::Kind::Task) => "task",
+        };
+        let window = format!(
+            "{} → {}",
+            ms(step.predicted_start_ms),
+            ms(step.predicted_ready_ms)
+        );
+        let reasons: Vec<&str> = step.reasons.iter().map(|r| r.text.as_str()).collect();
+        let _ = write!(
+            out,
+            "{:>3}  {:<name_w$}  {:>4}  {:>4}  {:<7}  {:>15}  {}",
+            n + 1,
+            step.name,
+            step.wave,
+            step.priority,
+            kind,
+            window,
+            reasons.join("; ")
+        );
+        if step.optional {
+            out.push_str(" (optional)");
+        }
+        if gantt {
+            let from = step.predicted_start_ms * width / scale;
+            let to = (step.predicted_ready_ms * width)
+                .div_ceil(scale)
+                .max(from + 1);
+            let bar: String = (0..width)
+                .map(|x| if x >= from && x < to { '█' } else { '·' })
+                .collect();
+            let _ = write!(out, "\n     {bar}");
+        }
+        out.push('\n');
+    }
+    for excluded in &plan.excluded {
+        let _ = writeln!(
+            out,
+            "  -  {:<name_w$}  excluded: {}",
+            excluded.name, excluded.reason
+        );
+    }
+    let t = &plan.timeline;
+    let blocked = plan.steps.iter().filter(|s| s.blocked.is_some()).count();
+    let _ = writeln!(
+        out,
+        "{} steps ({} blocked, {} excluded), {} dependencies; strategy {}, parallelism {}; predicted {} (lower bound {}, critical path {}: {})",
+        plan.steps.len(),
+        blocked,
+        plan.excluded.len(),
+        plan.dependency_count(),
+        plan.strategy.as_str(),
+        plan.parallelism,
+        ms(t.makespan_ms),
+        ms(t.lower_bound_ms),
+        ms(t.critical_path_ms),
+        if t.critical_path.is_empty() {
+            "-".to_owned()
+        } else {
+            t.critical_path.join(" → ")
+        },
+    );
+    let guessed = plan
+        .steps
+        .iter()
+        .filter(|s| s.weight_source == WeightSource::Default)
+        .count();
+    if guessed > 0 {
+        let _ = writeln!(
+            out,
+            "note: {guessed} step(s) have no history or `estimate:`; their predicted times assume {}",
+            ms(crate::duration::millis(super::DEFAULT_ESTIMATE))
+        );
+    }
+    out
+}
+
+/// A mermaid `gantt` chart of the predicted timeline.
+pub fn render_gantt_mermaid(plan: &Plan) -> String {
+    let mut out = String::from(
+        "gantt\n    title razar boot plan (predicted)\n    dateFormat x\n    axisFormat %S.%Ls\n",
+    );
+    let mut wave = usize::MAX;
+    for step in &plan.steps {
+        if step.wave != wave {
+            wave = step.wave;
+            let _ = writeln!(out, "    section wave {wave}");
+        }
+        let critical = if plan.timeline.critical_path.contains(&step.name) {
+            "crit, "
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "    {} :{critical}{}, {}, {}",
+            step.name.replace(':', "_"),
+            step.name.replace(['.', '-'], "_"),
+            step.predicted_start_ms,
+            step.predicted_ready_ms.max(step.predicted_start_ms + 1)
+        );
+    }
+    out
+}

@@ -9,6 +9,7 @@ pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod error;
+pub mod exec;
 pub mod graph;
 pub mod plan;
 

@@ -11,7 +11,7 @@ Exit codes:
   0    success
   1    a component failed or was quarantined (or razar could not write its files)
   2    bad input or usage: every problem is printed, nothing is started or written
-  130  interrupted";
+  130  interrupted (a signal or `razar down` before the boot finished)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,7 +20,8 @@ Exit codes:
     about = "Declarative boot planner and executor for local services",
     long_about = "razar reads the components of a service stack (services and tasks, their \
 dependencies, readiness probes and restart policies), compiles them into a dependency DAG, \
-shows the boot order it will use (`razar plan`) and validates configurations (`razar validate`).",
+shows the boot order it will use (`razar plan`), validates configurations (`razar validate`), \
+boots the stack and supervises it (`razar apply`) and stops it (`razar down`).",
     after_help = EXIT_CODES
 )]
 pub struct Cli {
@@ -66,6 +67,54 @@ pub enum Command {
         /// Ordering strategy.
         #[arg(long, value_enum, default_value_t = Strategy::Priority)]
         strategy: Strategy,
+    },
+    /// Boot the stack in dependency order, then supervise it until Ctrl-C or `razar down`.
+    ///
+    /// Components start as soon as their dependencies reach their condition and a start-up
+    /// slot is free; services are restarted per their policy and quarantined when their
+    /// attempts run out. The first SIGINT/SIGTERM/SIGHUP stops the stack in reverse dependency
+    /// order, a second one kills it at once.
+    #[command(after_help = EXIT_CODES)]
+    Apply {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Components to boot with everything they depend on (default: all), or a plan file
+        /// saved by `razar plan -o` (refused if its configuration changed since).
+        #[arg(value_name = "TARGET|PLAN.json")]
+        targets: Vec<String>,
+        /// Re-adopt the components an interrupted run left running (same pid and start time,
+        /// probe passing), skip the tasks it completed, start the rest.
+        #[arg(long)]
+        resume: bool,
+        /// Return once every selected component is up (then stop the stack, unless
+        /// --keep-running).
+        #[arg(long)]
+        until_ready: bool,
+        /// With --until-ready: leave the services running (for `razar down` or --resume).
+        #[arg(long, requires = "until_ready")]
+        keep_running: bool,
+        /// One JSON event per line on stdout (schemas/events.schema.json).
+        #[arg(long)]
+        json: bool,
+        /// Show the components' output live, prefixed with their name.
+        #[arg(long)]
+        follow: bool,
+        /// Components in their start-up phase at once (default: the config's, else CPU count).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        parallelism: Option<u32>,
+        /// Ordering strategy.
+        #[arg(long, value_enum, default_value_t = Strategy::Priority)]
+        strategy: Strategy,
+    },
+    /// Stop a stack: signal the running `razar apply`, or stop what an earlier
+    /// `apply --until-ready --keep-running` (or a killed apply) left running.
+    #[command(after_help = EXIT_CODES)]
+    Down {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// One JSON event per line on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script.
     Completions {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use razar::Error;
+use razar::exec::Outcome;
 use razar::plan;
 
 mod cli;
@@ -17,10 +18,7 @@ use cli::{Cli, Command, ConfigArgs, PlanFormat};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    match run(cli) {
-        Ok(code) => code,
-        Err(err) => exit_for(err),
-    }
+    exit_for(run(cli))
 }
 
 fn init_tracing() {
@@ -32,18 +30,21 @@ fn init_tracing() {
         .try_init();
 }
 
-/// The one place errors become exit codes (see `razar --help`).
-fn exit_for(err: Error) -> ExitCode {
-    match err {
-        Error::Invalid(diags) => {
+/// The one place outcomes and errors become exit codes (see `razar --help`).
+fn exit_for(result: Result<Outcome, Error>) -> ExitCode {
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
+        Err(Error::Invalid(diags)) => {
             eprint!("{}", diags.render(std::io::stderr().is_terminal()));
             ExitCode::from(2)
         }
-        Error::Usage(message) => {
+        Err(Error::Usage(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
         }
-        other => {
+        Err(other) => {
             let mut message = format!("error: {other}");
             let mut source = std::error::Error::source(&other);
             while let Some(cause) = source {
@@ -77,7 +78,7 @@ fn load_graph(args: &ConfigArgs) -> Result<razar::graph::Graph, Error> {
     Ok(razar::graph::load(&paths)?)
 }
 
-fn run(cli: Cli) -> Result<ExitCode, Error> {
+fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut stdout = std::io::stdout().lock();
     match cli.command {
         Command::Validate { config } => {
@@ -121,9 +122,48 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 eprintln!("plan written to {}", path.display());
             }
         }
+        Command::Apply {
+            config,
+            targets,
+            resume,
+            until_ready,
+            keep_running,
+            json,
+            follow,
+            parallelism,
+            strategy,
+        } => {
+            let (plan_file, targets) = razar::apply::split_positionals(&targets)?;
+            let files = match &plan_file {
+                Some(_) if !config.files.is_empty() => {
+                    return Err(Error::Usage(
+                        "a saved plan carries its configuration files: drop -c".to_owned(),
+                    ));
+                }
+                Some(_) => Vec::new(),
+                None => config_paths(&config)?,
+            };
+            drop(stdout);
+            return razar::apply::apply(razar::apply::ApplyRequest {
+                files,
+                targets,
+                plan_file,
+                resume,
+                until_ready,
+                keep_running,
+                json,
+                follow,
+                parallelism: parallelism.map(|p| p as usize),
+                strategy,
+            });
+        }
+        Command::Down { config, json } => {
+            drop(stdout);
+            return razar::apply::down(&config_paths(&config)?, json);
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "razar", &mut stdout);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Success)
 }

@@ -1,0 +1,239 @@
+//! `razar apply` and `razar down`: the glue between the command line and the executor.
+//!
+//! `apply` gets a [`Plan`] (built from the configuration, or read from a saved plan file and
+//! refused when stale), checks it, and runs it on a tokio runtime with the event sinks in their
+//! required order (state first, then the reporter) and the signal listener feeding the run's
+//! [`Shutdown`]. `down` stops a stack from another terminal. Neither prints anything itself
+//! except through `report`, nor decides exit codes (the binary does, in one place).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::exec::{self, Outcome, Shutdown};
+use crate::plan::{self, Plan, Strategy};
+use crate::report::Reporter;
+
+/// What `razar apply` was asked to do (the clap struct stops at the dispatcher).
+#[derive(Debug, Clone, Default)]
+pub struct ApplyRequest {
+    /// Config files (already defaulted by the caller); empty with a plan file.
+    pub files: Vec<PathBuf>,
+    pub targets: Vec<String>,
+    pub plan_file: Option<PathBuf>,
+    pub resume: bool,
+    pub until_ready: bool,
+    pub keep_running: bool,
+    pub json: bool,
+    pub follow: bool,
+    pub parallelism: Option<usize>,
+    pub strategy: Strategy,
+}
+
+/// Splits `apply`'s positional arguments into a saved plan file and targets: an argument that
+/// names an existing file ending in `.json` (or containing a `/`) is a plan file.
+pub fn split_positionals(args: &[String]) -> Result<(Option<PathBuf>, Vec<String>), Error> {
+    let mut plan_file = None;
+    let mut targets = Vec::new();
+    for arg in args {
+        let path = Path::new(arg);
+        let looks_like_file = arg.ends_with(".json") || arg.contains('/');
+        if looks_like_file && path.is_file() {
+            if plan_file.replace(path.to_path_buf()).is_some() {
+                return Err(Error::Usage("give at most one plan file".to_owned()));
+            }
+        } else if arg.contains('/') {
+            return Err(Error::Usage(format!(
+                "`{arg}` is neither a component name nor an existing plan file"
+            )));
+        } else {
+            targets.push(arg.clone());
+        }
+    }
+    if plan_file.is_some() && !targets.is_empty() {
+        return Err(Error::Usage(
+            "a saved plan already names its components: give either a plan file or targets"
+                .to_owned(),
+        ));
+    }
+    Ok((plan_file, targets))
+}
+
+/// Reads a saved plan and refuses it if its configuration changed since it was written.
+pub fn load_saved_plan(path: &Path) -> Result<Plan, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let plan: Plan = serde_json::from_str(&text).map_err(|err| {
+        Error::Usage(format!(
+            "`{}` is not a razar plan file ({err}); write one with `razar plan -o FILE`",
+            path.display()
+        ))
+    })?;
+    if plan.format != plan::PLAN_FORMAT {
+        return Err(Error::Usage(format!(
+            "`{}` has plan format {}, this razar runs format {}; run `razar plan -o {}` again",
+            path.display(),
+            plan.format,
+            plan::PLAN_FORMAT,
+            path.display()
+        )));
+    }
+    let stale = |why: String| {
+        Error::Usage(format!(
+            "plan `{}` is stale: {why}; run `razar plan{} -o {}` again",
+            path.display(),
+            plan.sources
+                .iter()
+                .map(|s| format!(" -c {}", s.display()))
+                .collect::<String>(),
+            path.display()
+        ))
+    };
+    match crate::config::load(&plan.sources) {
+        Ok(config) if config.content_hash() == plan.config_hash => Ok(plan),
+        Ok(_) => Err(stale(
+            "its configuration files changed since it was saved".to_owned(),
+        )),
+        Err(diags) => Err(stale(format!(
+            "its configuration no longer loads ({} problem(s); `razar validate` shows them)",
+            diags.len()
+        ))),
+    }
+}
+
+/// Builds the plan `apply` runs when no plan file is given.
+fn build_plan(request: &ApplyRequest) -> Result<Plan, Error> {
+    let graph = crate::graph::load(&request.files)?;
+    let selected = graph.select(&request.targets)?;
+    let options = plan::Options {
+        targets: request.targets.clone(),
+        parallelism: request.parallelism,
+        strategy: request.strategy,
+        ..plan::Options::default()
+    };
+    Ok(plan::build(&graph, &selected, &options))
+}
+
+/// A run id: the UTC start time and razar's pid, e.g. `20250102T030405.678Z-4242`.
+pub fn new_run_id() -> String {
+    let time: String = exec::now_rfc3339()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    format!("{time}-{}", std::process::id())
+}
+
+/// `razar apply`: boots the plan, supervises it, stops it; returns how the run ended.
+pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
+    let mut plan = match &request.plan_file {
+        Some(path) => load_saved_plan(path)?,
+        None => build_plan(&request)?,
+    };
+    if let Some(parallelism) = request.parallelism {
+        plan.parallelism = parallelism;
+    }
+    exec::check(&plan).map_err(|problems| {
+        Error::Usage(format!(
+            "the plan cannot be executed:\n  {}",
+            problems.join("\n  ")
+        ))
+    })?;
+    if !request.resume {
+        refuse_leftovers(&plan)?;
+    }
+
+    let mut reporter = Reporter::stdout(Reporter::mode_for(
+        request.json,
+        std::io::stdout().is_terminal(),
+    ));
+    if !request.until_ready {
+        reporter = reporter.with_boot_hint(
+            "supervising; Ctrl-C (or `razar down`) stops the stack, a second Ctrl-C kills it",
+        );
+    }
+    let mut options = exec::Options::new(new_run_id());
+    options.resume = request.resume;
+    options.until_ready = request.until_ready;
+    options.keep_running = request.keep_running;
+    if request.follow {
+        options.follow = Some(reporter.follower());
+    }
+    let mut sinks = exec::event::Fanout(vec![Box::new(reporter)]);
+    let shutdown = Shutdown::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Usage(format!("cannot start the async runtime: {err}")))?;
+    let result = runtime.block_on(async {
+        let listener = exec::signal::listen(shutdown.clone());
+        tokio::pin!(listener);
+        tokio::select! {
+            result = exec::run(&plan, options, shutdown.clone(), &mut sinks) => Ok(result),
+            Err(err) = &mut listener => Err(err),
+        }
+    });
+    // The reporter finishes its last line when dropped.
+    drop(sinks);
+    match result {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(exec::RunError::InvalidPlan(problems))) => Err(Error::Usage(format!(
+            "the plan cannot be executed:\n  {}",
+            problems.join("\n  ")
+        ))),
+        Ok(Err(exec::RunError::Logs { path, source })) => Err(Error::Write { path, source }),
+        Err(err) => Err(Error::Usage(format!(
+            "cannot install the signal handlers: {err}"
+        ))),
+    }
+}
+
+/// A fresh apply must not start a second copy of what an earlier run left running.
+fn refuse_leftovers(plan: &Plan) -> Result<(), Error> {
+    let leftovers = exec::leftovers(&plan.state_dir);
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<String> = leftovers
+        .iter()
+        .map(|t| format!("{} (pid {})", t.component, t.pid))
+        .collect();
+    names.dedup();
+    Err(Error::Usage(format!(
+        "components of an earlier run of `{}` are still running: {}; `razar apply --resume` adopts them, `razar down` stops them",
+        plan.state_dir.display(),
+        names.join(", ")
+    )))
+}
+
+/// `razar down`: stops the stack of the configuration's state directory. Components an
+/// earlier run left running (found through the environment razar gives them) are stopped in
+/// reverse dependency order, each with its stop signal and grace period.
+pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
+    let request = ApplyRequest {
+        files: files.to_vec(),
+        ..ApplyRequest::default()
+    };
+    let plan = build_plan(&request)?;
+    let mut reporter = Reporter::stdout(Reporter::mode_for(json, std::io::stdout().is_terminal()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Usage(format!("cannot start the async runtime: {err}")))?;
+    let shutdown = Shutdown::new();
+    let groups = std::collections::BTreeMap::new();
+    let stopped = runtime.block_on(exec::stop_leftovers(
+        &plan,
+        &groups,
+        &shutdown,
+        &mut reporter,
+    ));
+    if stopped == 0 {
+        reporter.note(&format!(
+            "nothing of `{}` is running",
+            plan.state_dir.display()
+        ));
+    }
+    Ok(Outcome::Success)
+}

@@ -710,6 +710,155 @@ mod tests {
         );
     }
 
+    /// One event of every kind. The match below stops compiling when a kind is added, so the
+    /// schema test cannot silently miss it.
+    fn every_kind() -> Vec<EventKind> {
+        let exit = Some(ExitInfo {
+            code: None,
+            signal: Some(9),
+        });
+        let kinds = vec![
+            EventKind::RunStarted {
+                run_id: "r".into(),
+                config_hash: "h".into(),
+                strategy: "critical-path".into(),
+                parallelism: 2,
+                steps: 3,
+                resumed: true,
+            },
+            EventKind::Adopted {
+                component: "a".into(),
+                pid: 1,
+                pgid: 1,
+            },
+            EventKind::Skipped {
+                component: "a".into(),
+                reason: "r".into(),
+            },
+            EventKind::Blocked {
+                component: "a".into(),
+                reason: "r".into(),
+            },
+            EventKind::Spawned {
+                component: "a".into(),
+                attempt: 1,
+                pid: 2,
+                pgid: 2,
+                start_time: 3,
+            },
+            EventKind::Ready {
+                component: "a".into(),
+                attempt: 1,
+                after_ms: 5,
+            },
+            EventKind::Completed {
+                component: "a".into(),
+                attempt: 1,
+                after_ms: 5,
+            },
+            EventKind::Probe {
+                component: "a".into(),
+                ok: false,
+                detail: "refused".into(),
+            },
+            EventKind::AttemptFailed {
+                component: "a".into(),
+                attempt: 1,
+                reason: "r".into(),
+                exit,
+                log_tail: vec!["x".into()],
+            },
+            EventKind::RestartScheduled {
+                component: "a".into(),
+                next_attempt: 2,
+                delay_ms: 200,
+            },
+            EventKind::Quarantined {
+                component: "a".into(),
+                attempts: 3,
+                reason: "r".into(),
+                exit: None,
+                log_tail: Vec::new(),
+            },
+            EventKind::Exited {
+                component: "a".into(),
+                exit: ExitInfo {
+                    code: Some(1),
+                    signal: None,
+                },
+                uptime_ms: 10,
+            },
+            EventKind::BootFinished {
+                ready: 1,
+                failed: 0,
+                blocked: 0,
+                elapsed_ms: 9,
+            },
+            EventKind::Stopping {
+                component: "a".into(),
+                signal: "SIGTERM".into(),
+            },
+            EventKind::Stopped {
+                component: "a".into(),
+                exit: None,
+                forced: true,
+            },
+            EventKind::RunFinished {
+                outcome: Outcome::Interrupted,
+                elapsed_ms: 10,
+            },
+        ];
+        for kind in &kinds {
+            match kind {
+                EventKind::RunStarted { .. }
+                | EventKind::Adopted { .. }
+                | EventKind::Skipped { .. }
+                | EventKind::Blocked { .. }
+                | EventKind::Spawned { .. }
+                | EventKind::Ready { .. }
+                | EventKind::Completed { .. }
+                | EventKind::Probe { .. }
+                | EventKind::AttemptFailed { .. }
+                | EventKind::RestartScheduled { .. }
+                | EventKind::Quarantined { .. }
+                | EventKind::Exited { .. }
+                | EventKind::BootFinished { .. }
+                | EventKind::Stopping { .. }
+                | EventKind::Stopped { .. }
+                | EventKind::RunFinished { .. } => {}
+            }
+        }
+        kinds
+    }
+
+    #[test]
+    fn the_events_schema_describes_every_json_line() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schemas/events.schema.json"))
+                .expect("the schema is JSON");
+        let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+        let buffer = Buffer::default();
+        let mut reporter = Reporter::new(Mode::Json, Box::new(buffer.clone()), false);
+        for kind in every_kind() {
+            reporter.emit(&event(7, kind));
+        }
+        drop(reporter);
+        let text = buffer.text();
+        for line in text.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{line}: {errors:?}");
+        }
+        // And the schema is not vacuous: a wrong field is refused.
+        let bad = serde_json::json!({"event": "ready", "at_ms": 1, "time": "2025-01-01T00:00:00.000Z", "component": "../x", "attempt": 1, "after_ms": 2});
+        assert!(!validator.is_valid(&bad));
+        let unknown = serde_json::json!({"event": "exploded", "at_ms": 1, "time": "2025-01-01T00:00:00.000Z"});
+        assert!(!validator.is_valid(&unknown));
+    }
+
     #[test]
     fn clock_formats() {
         assert_eq!(clock(1234), "1.234s");

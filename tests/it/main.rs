@@ -1,0 +1,4 @@
+//! Integration tests: one test binary, one module per area, each running the real `razar`.
+
+mod apply;
+mod stack;

@@ -51,7 +51,7 @@ pub fn explore(nodes: &[SimNode], parallelism: usize, key: &[usize]) -> Explored
         let delayed: Vec<usize> = (0..n)
             .filter(|&p| best.start_ms[p] > eligible_at(nodes, &best, p))
             .collect();
-        let (victim, earlier) = if !delayed.is_empty() && rng.next() % 4 != 0 {
+        let (victim, earlier) = if !delayed.is_empty() && !rng.next().is_multiple_of(4) {
             let p = delayed[rng.below(delayed.len())];
             let at = list
                 .iter()

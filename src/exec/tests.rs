@@ -565,3 +565,187 @@ async fn components_get_their_environment_and_layer() {
             .starts_with(&format!("{}:", venv.join("bin").display()))
     );
 }
+
+/// Spawned pids/pgids/start times by component, from an event list.
+fn spawned(events: &[Event]) -> BTreeMap<String, (u32, u32, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Spawned {
+                component,
+                pid,
+                pgid,
+                start_time,
+                ..
+            } => Some((component.clone(), (*pid, *pgid, *start_time))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn resume_adopts_live_services_skips_completed_tasks_and_restarts_the_rest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let runs = d.join("migrate-runs");
+    let steps = vec![
+        service("db", "exec sleep 30"),
+        after(
+            task("migrate", &format!("echo run >> {}", runs.display())),
+            &[("db", Condition::Ready)],
+        ),
+        after(
+            service("api", "exec sleep 30"),
+            &[("migrate", Condition::Completed)],
+        ),
+        service("worker", "exec sleep 30"),
+    ];
+    let plan = plan(d, 4, steps);
+    let mut first = Options::new("run-1");
+    first.until_ready = true;
+    first.keep_running = true;
+    let (outcome, events) = execute(&plan, first, Shutdown::new()).await;
+    assert_eq!(outcome, Outcome::Success);
+    let before = spawned(&events);
+    let prior = |name: &str, status: PriorStatus| {
+        let (pid, pgid, start_time) = before[name];
+        Prior {
+            status,
+            pid: Some(pid),
+            pgid: Some(pgid),
+            start_time: Some(start_time),
+            attempts: 1,
+        }
+    };
+    // razar "died": db still runs, migrate completed, api was killed behind razar's back,
+    // worker's record names a process that is not the one running (start time differs).
+    let (api_pid, ..) = before["api"];
+    sys::signal_group(api_pid, libc::SIGKILL).expect("kill api");
+    // SIGKILL is delivered asynchronously: wait until the process is gone (or a zombie).
+    while sys::proc_stat(api_pid).is_some_and(|s| !s.is_zombie()) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut worker = prior("worker", PriorStatus::Running);
+    worker.start_time = worker.start_time.map(|t| t + 1);
+    let priors = BTreeMap::from([
+        ("db".to_owned(), prior("db", PriorStatus::Running)),
+        (
+            "migrate".to_owned(),
+            prior("migrate", PriorStatus::Completed),
+        ),
+        ("api".to_owned(), prior("api", PriorStatus::Running)),
+        ("worker".to_owned(), worker),
+    ]);
+    let mut second = Options::new("run-2");
+    second.resume = true;
+    second.priors = priors;
+    second.until_ready = true;
+    let (outcome, events) = execute(&plan, second, Shutdown::new()).await;
+    assert_eq!(outcome, Outcome::Success, "{events:#?}");
+    let adopted: Vec<(String, u32)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Adopted { component, pid, .. } => Some((component.clone(), *pid)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(adopted, vec![("db".to_owned(), before["db"].0)]);
+    assert!(events.iter().any(|e| matches!(&e.kind,
+        EventKind::Skipped { component, reason } if component == "migrate" && reason.contains("earlier run"))));
+    let again = spawned(&events);
+    assert!(!again.contains_key("db") && !again.contains_key("migrate"));
+    assert!(again.contains_key("api"));
+    // worker's old process was not identified, so it is cleaned up (found by its environment)
+    // before a new one starts: never two at once.
+    let old_worker = before["worker"].0;
+    assert!(
+        position(&events, is("stopped", "worker")) < position(&events, is("spawned", "worker"))
+    );
+    assert!(!sys::same_process(old_worker, before["worker"].2));
+    assert_eq!(
+        std::fs::read_to_string(&runs)
+            .expect("runs")
+            .lines()
+            .count(),
+        1,
+        "migrate ran once"
+    );
+    // The adopted db was stopped with the stack, though razar is not its parent.
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Stopped { component, .. } if component == "db"))
+    );
+    assert!(!sys::group_alive(before["db"].1));
+    assert!(leftovers(d).is_empty(), "{:?}", leftovers(d));
+}
+
+#[tokio::test]
+async fn an_adopted_service_that_dies_is_restarted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let mut db = service("db", "exec sleep 30");
+    db.restart.policy = RestartMode::OnFailure;
+    db.restart.max_attempts = 5;
+    let plan = plan(d, 2, vec![db]);
+    let mut first = Options::new("run-1");
+    first.until_ready = true;
+    first.keep_running = true;
+    let (_, events) = execute(&plan, first, Shutdown::new()).await;
+    let (pid, pgid, start_time) = spawned(&events)["db"];
+    let priors = BTreeMap::from([(
+        "db".to_owned(),
+        Prior {
+            status: PriorStatus::Running,
+            pid: Some(pid),
+            pgid: Some(pgid),
+            start_time: Some(start_time),
+            attempts: 1,
+        },
+    )]);
+    let shutdown = Shutdown::new();
+    let collect = event::Collect::default();
+    let mut sink = collect.clone();
+    let mut options = Options::new("run-2");
+    options.resume = true;
+    options.priors = priors;
+    let watcher = collect.clone();
+    let stopper = shutdown.clone();
+    let driver = async move {
+        let wait = |pick: fn(&EventKind) -> bool| {
+            let watcher = watcher.clone();
+            async move {
+                while !watcher
+                    .0
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .any(|e| pick(&e.kind))
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        wait(|k| matches!(k, EventKind::Adopted { .. })).await;
+        sys::signal_group(pgid, libc::SIGKILL).expect("kill the adopted db");
+        wait(|k| matches!(k, EventKind::Ready { .. })).await;
+        stopper.signal_received();
+        std::future::pending::<()>().await;
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            outcome = run(&plan, options, shutdown.clone(), &mut sink) => outcome,
+            () = driver => unreachable!("the driver never ends"),
+        }
+    })
+    .await
+    .expect("the run ends")
+    .expect("valid plan");
+    assert_eq!(outcome, Outcome::Success);
+    let events = collect.0.lock().expect("lock").clone();
+    let exited = position(&events, is("exited", "db"));
+    assert!(position(&events, is("restart_scheduled", "db")) > exited);
+    let respawned = spawned(&events)["db"].0;
+    assert_ne!(respawned, pid);
+    assert!(leftovers(d).is_empty());
+}

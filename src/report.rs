@@ -10,7 +10,7 @@
 //! `--follow` output (components' own lines, prefixed with their name) goes through the same
 //! screen so it never tears the status line. Nothing here reads or writes state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +30,7 @@ pub enum Mode {
 }
 
 /// Where a component stands, as far as the display is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
     Waiting,
     Starting,
@@ -93,9 +93,11 @@ impl Screen {
     }
 }
 
-/// Counts and timing behind the status line.
+/// Counts and timing behind the status line (kept incrementally: a big plan emits thousands
+/// of events, and each must stay cheap).
 struct Progress {
-    phases: BTreeMap<String, Phase>,
+    phases: HashMap<String, Phase>,
+    counts: BTreeMap<Phase, usize>,
     total: usize,
     started: Instant,
     finished: bool,
@@ -104,7 +106,23 @@ struct Progress {
 
 impl Progress {
     fn count(&self, phase: Phase) -> usize {
-        self.phases.values().filter(|p| **p == phase).count()
+        self.counts.get(&phase).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, component: &str, phase: Phase) {
+        let old = match self.phases.get_mut(component) {
+            Some(current) => Some(std::mem::replace(current, phase)),
+            None => {
+                self.phases.insert(component.to_owned(), phase);
+                None
+            }
+        };
+        if let Some(old) = old
+            && let Some(n) = self.counts.get_mut(&old)
+        {
+            *n -= 1;
+        }
+        *self.counts.entry(phase).or_default() += 1;
     }
 
     fn status(&self, screen: &Screen) -> String {
@@ -184,7 +202,8 @@ impl Reporter {
                 color,
             }),
             progress: Mutex::new(Progress {
-                phases: BTreeMap::new(),
+                phases: HashMap::new(),
+                counts: BTreeMap::new(),
                 total: 0,
                 started: Instant::now(),
                 finished: false,
@@ -283,18 +302,22 @@ impl Reporter {
             _ => None,
         };
         if let (Some(phase), Some(name)) = (phase, event.kind.component()) {
-            progress.phases.insert(name.to_owned(), phase);
+            progress.set(name, phase);
         }
         if let EventKind::AttemptFailed { component, .. } = &event.kind {
             // Failed for good unless a restart follows (which moves it back to waiting).
-            progress.phases.insert(component.clone(), Phase::Failed);
+            progress.set(component, Phase::Failed);
         }
         let width = progress.name_width;
         let finished = matches!(event.kind, EventKind::RunFinished { .. });
         if finished {
             progress.finished = true;
         }
-        let status = progress.status(&self.shared.screen());
+        let status = if self.mode == Mode::Live {
+            progress.status(&self.shared.screen())
+        } else {
+            String::new()
+        };
         drop(progress);
 
         let mut screen = self.shared.screen();

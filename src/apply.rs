@@ -1,18 +1,25 @@
 //! `razar apply` and `razar down`: the glue between the command line and the executor.
 //!
-//! `apply` gets a [`Plan`] (built from the configuration, or read from a saved plan file and
-//! refused when stale), checks it, and runs it on a tokio runtime with the event sinks in their
-//! required order (state first, then the reporter) and the signal listener feeding the run's
-//! [`Shutdown`]. `down` stops a stack from another terminal. Neither prints anything itself
-//! except through `report`, nor decides exit codes (the binary does, in one place).
+//! `apply` takes the state directory's lock (by opening the [`Store`]), gets a [`Plan`] (built
+//! from the configuration with the store's quarantine exclusions and history weights, or read
+//! from a saved plan file and refused when stale), checks it, and runs it on a tokio runtime
+//! with the event sinks in their required order (the store's recorder first, then the
+//! reporter) and the signal listener feeding the run's [`Shutdown`]. `down` stops a stack from
+//! another terminal. Neither prints anything itself except through `report`, nor decides exit
+//! codes (the binary does, in one place).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::error::Error;
-use crate::exec::{self, Outcome, Shutdown};
+use crate::exec::{self, CancelReason, Outcome, PriorStatus, Shutdown};
 use crate::plan::{self, Plan, Strategy};
 use crate::report::Reporter;
+use crate::state::Store;
 
 /// What `razar apply` was asked to do (the clap struct stops at the dispatcher).
 #[derive(Debug, Clone, Default)]
@@ -103,17 +110,21 @@ pub fn load_saved_plan(path: &Path) -> Result<Plan, Error> {
     }
 }
 
-/// Builds the plan `apply` runs when no plan file is given.
-fn build_plan(request: &ApplyRequest) -> Result<Plan, Error> {
+/// Builds the plan `apply` runs when no plan file is given: quarantined components are left
+/// out and history weighs the rest. Opens (and locks) the state directory only once the
+/// configuration is known to be valid, so bad input never writes state.
+fn build_plan(request: &ApplyRequest) -> Result<(Plan, Store), Error> {
     let graph = crate::graph::load(&request.files)?;
     let selected = graph.select(&request.targets)?;
+    let store = Store::open(&graph.config().state_dir)?;
     let options = plan::Options {
         targets: request.targets.clone(),
         parallelism: request.parallelism,
         strategy: request.strategy,
-        ..plan::Options::default()
+        exclude: store.exclusions(),
+        history: crate::state::weights(&store.history(), graph.components(), false),
     };
-    Ok(plan::build(&graph, &selected, &options))
+    Ok((plan::build(&graph, &selected, &options), store))
 }
 
 /// A run id: the UTC start time and razar's pid, e.g. `20250102T030405.678Z-4242`.
@@ -127,8 +138,12 @@ pub fn new_run_id() -> String {
 
 /// `razar apply`: boots the plan, supervises it, stops it; returns how the run ended.
 pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
-    let mut plan = match &request.plan_file {
-        Some(path) => load_saved_plan(path)?,
+    let (mut plan, store) = match &request.plan_file {
+        Some(path) => {
+            let plan = load_saved_plan(path)?;
+            let store = Store::open(&plan.state_dir)?;
+            (plan, store)
+        }
         None => build_plan(&request)?,
     };
     if let Some(parallelism) = request.parallelism {
@@ -155,27 +170,45 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     }
     let mut options = exec::Options::new(new_run_id());
     options.resume = request.resume;
+    if request.resume {
+        options.priors = store.priors();
+    }
     options.until_ready = request.until_ready;
     options.keep_running = request.keep_running;
     if request.follow {
         options.follow = Some(reporter.follower());
     }
-    let mut sinks = exec::event::Fanout(vec![Box::new(reporter)]);
+    // A checkpoint that cannot be saved stops the stack: continuing would break resume's
+    // promise that nothing runs twice.
+    let state_lost = CancellationToken::new();
+    let recorder = store.recorder(&plan).cancel_on_failure(state_lost.clone());
+    let mut sinks = exec::event::Fanout(vec![Box::new(recorder), Box::new(reporter)]);
     let shutdown = Shutdown::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Error::Usage(format!("cannot start the async runtime: {err}")))?;
+    let runtime = runtime()?;
     let result = runtime.block_on(async {
-        let listener = exec::signal::listen(shutdown.clone());
-        tokio::pin!(listener);
+        let listener = exec::signal::Listener::install()?;
+        let on_state_lost = async {
+            state_lost.cancelled().await;
+            shutdown.request(CancelReason::Signal);
+            std::future::pending::<()>().await;
+        };
         tokio::select! {
-            result = exec::run(&plan, options, shutdown.clone(), &mut sinks) => Ok(result),
-            Err(err) = &mut listener => Err(err),
+            result = exec::run(&plan, options, shutdown.clone(), &mut sinks) => {
+                Ok::<_, std::io::Error>(result)
+            }
+            never = listener.listen(shutdown.clone()) => match never {},
+            () = on_state_lost => unreachable!("never completes"),
         }
     });
     // The reporter finishes its last line when dropped.
     drop(sinks);
+    if let Some(failure) = store.failure() {
+        return Err(Error::Write {
+            path: plan.state_dir.clone(),
+            source: std::io::Error::other(failure),
+        });
+    }
+    store.sync()?;
     match result {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(exec::RunError::InvalidPlan(problems))) => Err(Error::Usage(format!(
@@ -187,6 +220,13 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
             "cannot install the signal handlers: {err}"
         ))),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Usage(format!("cannot start the async runtime: {err}")))
 }
 
 /// A fresh apply must not start a second copy of what an earlier run left running.
@@ -207,33 +247,109 @@ fn refuse_leftovers(plan: &Plan) -> Result<(), Error> {
     )))
 }
 
-/// `razar down`: stops the stack of the configuration's state directory. Components an
-/// earlier run left running (found through the environment razar gives them) are stopped in
-/// reverse dependency order, each with its stop signal and grace period.
+/// `razar down`: stops the stack of the configuration's state directory. With an apply running
+/// there, it sends that apply SIGTERM (it then stops its stack in order, as on Ctrl-C) and
+/// waits for it to exit. Otherwise it stops what an earlier run left running (the process
+/// groups the state recorded, and processes found through the environment razar gives
+/// components) in reverse dependency order, each with its stop signal and grace period.
 pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
-    let request = ApplyRequest {
-        files: files.to_vec(),
-        ..ApplyRequest::default()
-    };
-    let plan = build_plan(&request)?;
+    let graph = crate::graph::load(files)?;
+    let selected = graph.select(&[])?;
+    let plan = plan::build(&graph, &selected, &plan::Options::default());
     let mut reporter = Reporter::stdout(Reporter::mode_for(json, std::io::stdout().is_terminal()));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Error::Usage(format!("cannot start the async runtime: {err}")))?;
+    if let Some(holder) = crate::state::holder(&plan.state_dir) {
+        return stop_apply(holder, &mut reporter);
+    }
+    let store = match Store::open(&plan.state_dir) {
+        Ok(store) => store,
+        // An apply started between the two looks: ask it to stop instead.
+        Err(crate::state::StateError::Locked { .. }) => {
+            return match crate::state::holder(&plan.state_dir) {
+                Some(holder) => stop_apply(holder, &mut reporter),
+                None => Err(Error::Usage(format!(
+                    "another razar holds `{}`; try again",
+                    plan.state_dir.display()
+                ))),
+            };
+        }
+        Err(err) => return Err(err.into()),
+    };
+    // The recorded groups whose leader is gone or is still the recorded process (a reused pid
+    // leading someone else's group is never signalled).
+    let groups: BTreeMap<String, u32> = store
+        .priors()
+        .into_iter()
+        .filter(|(_, prior)| prior.status == PriorStatus::Running)
+        .filter_map(|(name, prior)| {
+            let pid = prior.pid?;
+            let pgid = prior.pgid.unwrap_or(pid);
+            let ours = pid != pgid
+                || !exec::process_alive(pid, None)
+                || prior
+                    .start_time
+                    .is_some_and(|start| exec::process_alive(pid, Some(start)));
+            ours.then_some((name, pgid))
+        })
+        .collect();
+    let mut recorder = store.recorder(&plan);
+    let mut sinks = Both(&mut recorder, &mut reporter);
     let shutdown = Shutdown::new();
-    let groups = std::collections::BTreeMap::new();
-    let stopped = runtime.block_on(exec::stop_leftovers(
-        &plan,
-        &groups,
-        &shutdown,
-        &mut reporter,
-    ));
+    let stopped = runtime()?.block_on(async {
+        let listener = exec::signal::Listener::install()?;
+        tokio::select! {
+            stopped = exec::stop_leftovers(&plan, &groups, &shutdown, &mut sinks) => {
+                Ok::<_, std::io::Error>(stopped)
+            }
+            never = listener.listen(shutdown.clone()) => match never {},
+        }
+    });
+    let stopped = stopped
+        .map_err(|err| Error::Usage(format!("cannot install the signal handlers: {err}")))?;
+    drop(recorder);
+    if let Some(failure) = store.failure() {
+        return Err(Error::Write {
+            path: plan.state_dir.clone(),
+            source: std::io::Error::other(failure),
+        });
+    }
+    store.sync()?;
     if stopped == 0 {
         reporter.note(&format!(
             "nothing of `{}` is running",
             plan.state_dir.display()
         ));
     }
+    Ok(Outcome::Success)
+}
+
+/// Two sinks in order (the state's recorder, then the reporter), borrowed so the reporter can
+/// still be used afterwards.
+struct Both<'a>(&'a mut dyn exec::Sink, &'a mut dyn exec::Sink);
+
+impl exec::Sink for Both<'_> {
+    fn emit(&mut self, event: &exec::Event) {
+        self.0.emit(event);
+        self.1.emit(event);
+    }
+}
+
+/// Asks the apply holding the state directory to stop its stack, and waits until it exited.
+fn stop_apply(holder: crate::state::Holder, reporter: &mut Reporter) -> Result<Outcome, Error> {
+    reporter.note(&format!(
+        "asking razar apply (pid {}) to stop its stack",
+        holder.pid
+    ));
+    exec::send_signal(holder.pid, "SIGTERM").map_err(|err| {
+        Error::Usage(format!(
+            "cannot signal razar apply (pid {}): {err}",
+            holder.pid
+        ))
+    })?;
+    let mut pause = std::time::Duration::from_millis(1);
+    while exec::process_alive(holder.pid, holder.start_time) {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+    reporter.note(&format!("razar apply (pid {}) stopped", holder.pid));
     Ok(Outcome::Success)
 }

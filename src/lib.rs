@@ -6,6 +6,7 @@
 //! persists and `report` shows. See `docs/architecture.md`.
 
 pub mod apply;
+pub mod classify;
 pub mod config;
 pub mod diag;
 pub mod duration;
@@ -14,5 +15,6 @@ pub mod exec;
 pub mod graph;
 pub mod plan;
 pub mod report;
+pub mod state;
 
 pub use error::Error;

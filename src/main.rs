@@ -12,6 +12,7 @@ use razar::exec::Outcome;
 use razar::plan;
 
 mod cli;
+mod state_cmd;
 
 use cli::{Cli, Command, ConfigArgs, PlanFormat};
 
@@ -42,6 +43,10 @@ fn exit_for(result: Result<Outcome, Error>) -> ExitCode {
         }
         Err(Error::Usage(message)) => {
             eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Error::State(err)) if err.is_usage() => {
+            eprintln!("error: {err}");
             ExitCode::from(2)
         }
         Err(other) => {
@@ -100,12 +105,17 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
         } => {
             let graph = load_graph(&config)?;
             let selected = graph.select(&targets)?;
-            let options = plan::Options {
+            // Quarantined components stay out and history weighs the rest; reading state
+            // never creates it and works while an apply holds the database.
+            let known = razar::state::read(&graph.config().state_dir)?;
+            let mut options = plan::Options {
                 targets,
                 parallelism: parallelism.map(|p| p as usize),
                 strategy,
                 ..plan::Options::default()
             };
+            options.exclude = known.exclusions();
+            options.history = razar::state::weights(&known.history, graph.components(), false);
             let plan = plan::build(&graph, &selected, &options);
             let text = match format {
                 PlanFormat::Text => plan::render_text(&plan, std::io::stdout().is_terminal()),
@@ -161,6 +171,22 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
             drop(stdout);
             return razar::apply::down(&config_paths(&config)?, json);
         }
+        Command::Status { state, json } => {
+            let _ = stdout.write_all(state_cmd::status(&state, json)?.as_bytes());
+        }
+        Command::Quarantine { action } => {
+            let _ = stdout.write_all(state_cmd::quarantine(&action)?.as_bytes());
+        }
+        Command::History { state, name, json } => {
+            let text = state_cmd::history(&state, name.as_deref(), json)?;
+            let _ = stdout.write_all(text.as_bytes());
+        }
+        Command::Logs {
+            state,
+            name,
+            follow,
+            lines,
+        } => state_cmd::logs(&state, &name, follow, lines, &mut stdout)?,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "razar", &mut stdout);
         }

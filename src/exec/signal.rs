@@ -80,32 +80,45 @@ impl Shutdown {
     /// Records one more termination signal: the first asks for an orderly stop, any later
     /// one forces.
     pub fn signal_received(&self) {
-        let next = match self.reason() {
-            None | Some(CancelReason::Finished) if !self.signalled() => CancelReason::Signal,
-            _ => CancelReason::SecondSignal,
+        let next = if self.reason() >= Some(CancelReason::Signal) {
+            CancelReason::SecondSignal
+        } else {
+            CancelReason::Signal
         };
         self.request(next);
     }
-
-    fn signalled(&self) -> bool {
-        self.reason() >= Some(CancelReason::Signal)
-    }
 }
 
-/// Listens for SIGINT, SIGTERM and SIGHUP until the future is dropped, feeding `shutdown`.
-/// Fails only if the handlers cannot be installed.
-pub async fn listen(shutdown: Shutdown) -> std::io::Result<std::convert::Infallible> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
+/// The SIGINT, SIGTERM and SIGHUP handlers of a run.
+pub struct Listener {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Listener {
+    /// Installs the handlers now (inside a tokio runtime), so a signal that arrives before
+    /// the run's first await is not lost to the default action (which would kill razar and
+    /// leave its stack running).
+    pub fn install() -> std::io::Result<Listener> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Listener {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Feeds every signal to `shutdown`, until the future is dropped.
+    pub async fn listen(mut self, shutdown: Shutdown) -> std::convert::Infallible {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => {}
+                _ = self.term.recv() => {}
+                _ = self.hup.recv() => {}
+            }
+            shutdown.signal_received();
         }
-        shutdown.signal_received();
     }
 }
 

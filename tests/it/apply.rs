@@ -204,6 +204,54 @@ fn a_service_that_always_fails_is_quarantined_and_its_dependents_blocked() {
             ..
         }
     ));
+
+    // The quarantine is persisted: its record and a row in ABZU's log table.
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(stack.state().join("quarantine/broken.json")).expect("record"),
+    )
+    .expect("record is JSON");
+    assert_eq!(record["component"], "broken", "{record}");
+    assert_eq!(record["attempts"], 3, "{record}");
+    let table = std::fs::read_to_string(stack.state().join("quarantine_log.md")).expect("log");
+    assert!(table.contains("| broken | quarantined |"), "{table}");
+
+    // The next plan leaves it out and blocks its dependent, with the reason.
+    let plan = stack.run(&["plan", "-c", "razar.yaml", "--format", "json"]);
+    assert_eq!(plan.status.code(), Some(0));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
+    assert_eq!(plan["excluded"][0]["name"], "broken", "{plan}");
+    // ... and so does the next apply: nothing of `broken` runs, the independent branch does.
+    let next = stack.apply(&["--until-ready"]).finish();
+    assert_eq!(next.code(), Some(1), "{}", next.show());
+    assert_eq!(next.count(is("spawned", "broken")), 0);
+    assert_eq!(next.count(is("skipped", "broken")), 1);
+    assert_eq!(next.count(is("blocked", "needs-broken")), 1);
+    assert_eq!(next.count(is("ready", "independent")), 1);
+
+    // Released, it is planned again.
+    let release = stack.run(&[
+        "quarantine",
+        "release",
+        "broken",
+        "-c",
+        "razar.yaml",
+        "--note",
+        "fixed",
+    ]);
+    assert_eq!(
+        release.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&release.stderr)
+    );
+    let plan = stack.run(&["plan", "-c", "razar.yaml", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
+    assert_eq!(plan["excluded"].as_array().map(Vec::len), Some(0), "{plan}");
+    assert!(
+        std::fs::read_to_string(stack.state().join("quarantine_log.md"))
+            .expect("log")
+            .contains("| broken | resolved |")
+    );
 }
 
 #[test]
@@ -617,4 +665,39 @@ fn log_files_are_size_capped_with_one_rotation() {
     apply.signal(libc::SIGTERM);
     let run = apply.finish();
     assert_eq!(run.code(), Some(0), "{}", run.show());
+}
+
+#[test]
+fn a_second_apply_is_refused_and_razar_down_stops_the_running_one() {
+    let (config, _) = chain_config("");
+    let stack = Stack::new(&config);
+    let mut first = stack.apply(&[]);
+    first.wait_for("boot finished", |k| {
+        matches!(k, EventKind::BootFinished { .. })
+    });
+    let second = stack.run(&["apply", "-c", "razar.yaml", "--until-ready"]);
+    assert_eq!(second.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("another razar apply") && stderr.contains(&first.pid().to_string()),
+        "the refusal names the holder: {stderr}"
+    );
+    // `razar down` from another terminal: the running apply stops its stack in order.
+    let down = stack.run(&["down", "-c", "razar.yaml"]);
+    assert_eq!(
+        down.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(String::from_utf8_lossy(&down.stdout).contains(&format!("pid {}", first.pid())));
+    let run = first.finish();
+    assert_eq!(run.code(), Some(0), "{}", run.show());
+    assert!(run.position("web", is("stopped", "web")) < run.position("db", is("stopping", "db")));
+    for pgid in run.groups() {
+        assert!(
+            group_members(pgid).is_empty(),
+            "group {pgid} still has processes"
+        );
+    }
 }

@@ -1,4 +1,5 @@
 //! Integration tests: one test binary, one module per area, each running the real `razar`.
 
 mod apply;
+mod resume;
 mod stack;

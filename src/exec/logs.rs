@@ -52,12 +52,22 @@ impl Logs {
     /// Opens the log for a new attempt: rotates it if it is over the cap, appends `header`
     /// (one line) and returns the file and the offset where this attempt's output starts.
     pub fn open_attempt(&self, name: &str, header: &str) -> io::Result<(File, u64)> {
-        std::fs::create_dir_all(&self.dir)?;
         self.rotate_if_needed(name)?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(name))?;
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(name))
+        };
+        let mut file = match open() {
+            Ok(file) => file,
+            // The directory was removed under razar: create it again.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.dir)?;
+                open()?
+            }
+            Err(err) => return Err(err),
+        };
         writeln!(file, "{header}")?;
         let offset = file.seek(SeekFrom::End(0))?;
         Ok((file, offset))

@@ -527,6 +527,7 @@ struct Run<'a> {
     failed: bool,
     rng: restart::Rng,
     follow: Vec<(usize, logs::LineReader)>,
+    programs: process::Programs,
 }
 
 impl<'a> Run<'a> {
@@ -601,6 +602,7 @@ impl<'a> Run<'a> {
             failed: false,
             rng: restart::Rng::from_entropy(),
             follow: Vec::new(),
+            programs: process::Programs::default(),
         }
     }
 
@@ -897,6 +899,7 @@ impl<'a> Run<'a> {
             command.display()
         );
         let spawned = process::spawn(
+            &mut self.programs,
             &self.logs,
             &step.name,
             &header,

@@ -4,6 +4,7 @@
 //!
 //! This module runs processes; it does not decide when. The scheduler (`exec::run`) calls it.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,45 @@ pub fn adopt(pid: u32) -> Proc {
     }
 }
 
+/// Where programs were found on `PATH`, so each spawn execs an absolute path.
+///
+/// Without it the child searches `PATH` itself (`execvp`), and every directory that lacks the
+/// program costs a failed `execve` while razar waits for the vfork'd child: with a long
+/// `PATH` that is a noticeable part of every spawn. Only hits are kept; a program that
+/// vanished is looked up again after its spawn failed.
+#[derive(Debug, Default)]
+pub struct Programs {
+    found: HashMap<(String, String), PathBuf>,
+}
+
+impl Programs {
+    /// The absolute path `program` resolves to on `path`, when it can be known in advance
+    /// (a bare name on a `PATH` of absolute directories).
+    pub fn resolve(&mut self, program: &str, path: &str) -> Option<PathBuf> {
+        if program.contains('/') || path.split(':').any(|dir| !dir.starts_with('/')) {
+            return None;
+        }
+        let key = (path.to_owned(), program.to_owned());
+        if let Some(found) = self.found.get(&key) {
+            return Some(found.clone());
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let found = path
+            .split(':')
+            .map(|dir| Path::new(dir).join(program))
+            .find(|candidate| {
+                std::fs::metadata(candidate)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })?;
+        self.found.insert(key, found.clone());
+        Some(found)
+    }
+
+    fn forget(&mut self, program: &str, path: &str) {
+        self.found.remove(&(path.to_owned(), program.to_owned()));
+    }
+}
+
 /// A freshly spawned attempt.
 #[derive(Debug)]
 pub struct Spawned {
@@ -138,6 +178,7 @@ pub struct SpawnError {
 /// Spawns `argv` in its own process group, stdout and stderr appended to the component's log,
 /// stdin from /dev/null.
 pub fn spawn(
+    programs: &mut Programs,
     logs: &Logs,
     name: &str,
     header: &str,
@@ -164,7 +205,23 @@ pub fn spawn(
     let stderr = file
         .try_clone()
         .map_err(|err| fail(format!("cannot share its log descriptor: {err}")))?;
-    let mut command = tokio::process::Command::new(program);
+    let search_path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    let resolved = programs.resolve(program, &search_path);
+    let mut command = match &resolved {
+        Some(path) => {
+            let mut command = tokio::process::Command::new(path);
+            // The program still sees the name it was given as argv[0].
+            command.arg0(program);
+            command
+        }
+        None => tokio::process::Command::new(program),
+    };
     command
         .args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -180,6 +237,9 @@ pub fn spawn(
         command.current_dir(cwd);
     }
     let child = command.spawn().map_err(|err| {
+        if resolved.is_some() {
+            programs.forget(program, &search_path);
+        }
         let place = cwd.map_or(String::new(), |c| format!(" in `{}`", c.display()));
         fail(format!("cannot start `{program}`{place}: {err}"))
     })?;
@@ -330,6 +390,7 @@ mod tests {
         let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
         let env = vec![("GREETING".to_owned(), "hello".to_owned())];
         let mut spawned = spawn(
+            &mut Programs::default(),
             &logs,
             "greeter",
             "--- attempt 1",
@@ -350,6 +411,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
         let err = spawn(
+            &mut Programs::default(),
             &logs,
             "ghost",
             "--- attempt 1",
@@ -372,6 +434,7 @@ mod tests {
         let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
         // The shell ignores TERM and so does its background child.
         let mut spawned = spawn(
+            &mut Programs::default(),
             &logs,
             "stubborn",
             "--- attempt 1",
@@ -411,6 +474,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
         let mut spawned = spawn(
+            &mut Programs::default(),
             &logs,
             "polite",
             "--- attempt 1",
@@ -438,6 +502,26 @@ mod tests {
             "the background sleeps got SIGTERM too"
         );
         let _ = spawned.proc.wait().await;
+    }
+
+    #[test]
+    fn programs_are_found_on_path_once() {
+        let mut programs = Programs::default();
+        let path = "/nonexistent-razar-dir:/usr/bin:/bin";
+        let found = programs.resolve("sh", path).expect("sh is installed");
+        assert!(found.is_absolute() && found.ends_with("sh"));
+        assert_eq!(programs.resolve("sh", path), Some(found));
+        assert_eq!(
+            programs.resolve("./local", path),
+            None,
+            "paths are not searched"
+        );
+        assert_eq!(
+            programs.resolve("sh", "relative:/bin"),
+            None,
+            "cwd-dependent PATH"
+        );
+        assert_eq!(programs.resolve("razar-no-such-program", path), None);
     }
 
     #[tokio::test]

@@ -389,6 +389,28 @@ fn clock(ms: u64) -> String {
     }
 }
 
+/// `exit code 3`, `signal 15 (SIGTERM)`.
+fn exit_text(exit: &exec::ExitInfo) -> String {
+    match (exit.code, exit.signal) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => {
+            let name = match signal {
+                1 => " (SIGHUP)",
+                2 => " (SIGINT)",
+                3 => " (SIGQUIT)",
+                6 => " (SIGABRT)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                13 => " (SIGPIPE)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            format!("signal {signal}{name}")
+        }
+        (None, None) => "exit status unknown".to_owned(),
+    }
+}
+
 fn millis(ms: u64) -> String {
     crate::duration::display(Duration::from_millis(ms))
 }
@@ -533,7 +555,7 @@ fn describe(event: &Event, width: usize, screen: &Screen, live: bool) -> Vec<Str
             "exited",
             "31",
             component,
-            format!("{exit} after {} up", millis(*uptime_ms)),
+            format!("{} after {} up", exit_text(exit), millis(*uptime_ms)),
         )],
         EventKind::BootFinished {
             ready,
@@ -553,8 +575,8 @@ fn describe(event: &Event, width: usize, screen: &Screen, live: bool) -> Vec<Str
             forced,
         } => {
             let how = match (exit, forced) {
-                (_, true) => "killed after the grace period".to_owned(),
-                (Some(exit), false) => exit.to_string(),
+                (_, true) => "killed (SIGKILL) after the grace period".to_owned(),
+                (Some(exit), false) => exit_text(exit),
                 (None, false) => String::new(),
             };
             vec![row("stopped", "2", component, how)]

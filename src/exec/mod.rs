@@ -1331,10 +1331,21 @@ impl<'a> Run<'a> {
             self.stopping = Some(reason);
         }
         if first {
-            // Nothing new starts: pending and backing-off components stay down.
+            // Nothing new starts: pending and backing-off components stay down. One waiting
+            // for its restart had been running: it is reported stopped, not left "restarting".
             self.ready.clear();
             self.milestones.clear();
             self.timers.clear();
+            for idx in 0..self.nodes.len() {
+                if self.nodes[idx].state == State::Backoff {
+                    self.nodes[idx].state = State::Stopped;
+                    self.emit(EventKind::Stopped {
+                        component: self.step(idx).name.clone(),
+                        exit: None,
+                        forced: false,
+                    });
+                }
+            }
         }
         self.advance_stop();
     }

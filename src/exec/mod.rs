@@ -1250,6 +1250,7 @@ impl<'a> Run<'a> {
             }
             _ => {
                 self.release_slot(idx);
+                self.advance_stop();
             }
         }
     }
@@ -1374,7 +1375,9 @@ impl<'a> Run<'a> {
                 continue;
             }
             if forced || deps_quiet {
-                if self.nodes[i].state != State::Cleanup {
+                // A completed task that left processes behind stays completed (resume must
+                // not run it again): its leftovers are ended without a stop of its own.
+                if !matches!(self.nodes[i].state, State::Cleanup | State::Completed) {
                     self.nodes[i].state = State::Stopping;
                 }
                 self.start_stop_task(i, true);

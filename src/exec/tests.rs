@@ -749,3 +749,33 @@ async fn an_adopted_service_that_dies_is_restarted() {
     assert_ne!(respawned, pid);
     assert!(leftovers(d).is_empty());
 }
+
+#[tokio::test]
+async fn a_completed_task_that_left_a_process_behind_stays_completed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let steps = vec![
+        task("spawner", "sleep 30 & echo started"),
+        after(
+            service("api", "exec sleep 30"),
+            &[("spawner", Condition::Completed)],
+        ),
+    ];
+    let mut options = Options::new("t");
+    options.until_ready = true;
+    let (outcome, events) = execute(&plan(d, 2, steps), options, Shutdown::new()).await;
+    assert_eq!(outcome, Outcome::Success, "{events:#?}");
+    let (_, spawner_group, _) = spawned(&events)["spawner"];
+    assert!(
+        !sys::group_alive(spawner_group),
+        "its background sleep was ended"
+    );
+    assert!(
+        !names(&events, |k| matches!(
+            k,
+            EventKind::Stopping { .. } | EventKind::Stopped { .. }
+        ))
+        .contains(&"spawner".to_owned()),
+        "no stop events would turn the completed task into a stopped one"
+    );
+}

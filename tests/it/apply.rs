@@ -612,15 +612,24 @@ fn abzu_fixtures_boot_the_way_abzu_ran_them() {
     for file in ["boot_config.json", "razar_config.yaml"] {
         std::fs::copy(format!("{fixtures}/{file}"), stack.path().join(file)).expect("copy");
     }
-    // boot_config.json: each command launched, then its health_check run (python as ABZU did).
-    let boot = super::stack::Apply::spawn(stack.command(&[
-        "apply",
-        "-c",
-        "boot_config.json",
-        "--json",
-        "--until-ready",
-    ]))
-    .finish();
+    // boot_config.json runs `python`, as ABZU did; where only `python3` exists, a `python`
+    // next to the fixtures stands in for it.
+    let shims = stack.path().join("bin");
+    std::fs::create_dir_all(&shims).expect("bin dir");
+    let python3 = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("python3"))
+        .find(|p| p.is_file())
+        .expect("python3 on PATH");
+    std::os::unix::fs::symlink(&python3, shims.join("python")).expect("python shim");
+    let path = std::env::join_paths(std::iter::once(shims).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    // boot_config.json: each command launched, then its health_check run.
+    let mut command =
+        stack.command(&["apply", "-c", "boot_config.json", "--json", "--until-ready"]);
+    command.env("PATH", &path);
+    let boot = super::stack::Apply::spawn(command).finish();
     assert_eq!(boot.code(), Some(0), "{}", boot.show());
     let basic = boot.position("basic ready", is("ready", "basic_service"));
     assert!(basic < boot.position("complex", is("spawned", "complex_service")));

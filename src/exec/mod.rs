@@ -284,7 +284,23 @@ pub async fn stop_leftovers(
             kind,
         });
     };
-    // Dependents first: a component is stopped once nothing still running depends on it.
+    // Dependents first: a component is stopped once nothing still running depends on it,
+    // directly or through components that are not running.
+    let mut dependents: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    if let Some(order) = topological_order(plan, &index) {
+        for &i in order.iter().rev() {
+            let step = &plan.steps[i];
+            let mine: BTreeSet<&str> = dependents
+                .get(step.name.as_str())
+                .cloned()
+                .unwrap_or_default();
+            for dep in &step.depends_on {
+                let entry = dependents.entry(dep.name.as_str()).or_default();
+                entry.insert(step.name.as_str());
+                entry.extend(mine.iter().copied());
+            }
+        }
+    }
     let mut remaining: BTreeSet<String> = targets.keys().cloned().collect();
     let mut tasks = JoinSet::new();
     let mut in_flight = BTreeSet::new();
@@ -292,11 +308,9 @@ pub async fn stop_leftovers(
         let ready: Vec<String> = remaining
             .iter()
             .filter(|name| {
+                let after = dependents.get(name.as_str());
                 !remaining.iter().chain(in_flight.iter()).any(|other| {
-                    other != *name
-                        && index.get(other.as_str()).is_some_and(|&o| {
-                            plan.steps[o].depends_on.iter().any(|d| &d.name == *name)
-                        })
+                    other != *name && after.is_some_and(|a| a.contains(other.as_str()))
                 })
             })
             .cloned()

@@ -1,7 +1,7 @@
 //! Scheduler tests: real processes (`sh -c`), real log files in temp dirs, events collected
 //! in memory. Synchronisation is on events and files, never on sleeps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -778,4 +778,46 @@ async fn a_completed_task_that_left_a_process_behind_stays_completed() {
         .contains(&"spawner".to_owned()),
         "no stop events would turn the completed task into a stopped one"
     );
+}
+
+/// Starts `sleep 30` tagged as `component` of state dir `dir`, in its own process group, as
+/// an earlier run would have left it.
+fn leftover(dir: &Path, component: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    std::process::Command::new("sleep")
+        .arg("30")
+        .env("RAZAR_STATE_DIR", dir)
+        .env("RAZAR_COMPONENT", component)
+        .process_group(0)
+        .spawn()
+        .expect("spawn sleep")
+}
+
+#[tokio::test]
+async fn leftovers_are_stopped_dependents_first_even_across_a_gap() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    // web -> api -> db, with api not running: web must still stop before db.
+    let steps = vec![
+        service("db", "exec sleep 30"),
+        after(service("api", "exec sleep 30"), &[("db", Condition::Ready)]),
+        after(
+            service("web", "exec sleep 30"),
+            &[("api", Condition::Ready)],
+        ),
+    ];
+    let plan = plan(d, 2, steps);
+    let mut db = leftover(d, "db");
+    let mut web = leftover(d, "web");
+    let found: BTreeSet<String> = leftovers(d).into_iter().map(|t| t.component).collect();
+    assert_eq!(found, BTreeSet::from(["db".to_owned(), "web".to_owned()]));
+    let collect = event::Collect::default();
+    let mut sink = collect.clone();
+    let stopped = stop_leftovers(&plan, &BTreeMap::new(), &Shutdown::new(), &mut sink).await;
+    assert_eq!(stopped, 2);
+    let events = collect.0.lock().expect("lock").clone();
+    assert!(position(&events, is("stopped", "web")) < position(&events, is("stopping", "db")));
+    assert!(leftovers(d).is_empty());
+    let _ = db.wait();
+    let _ = web.wait();
 }

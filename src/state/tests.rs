@@ -749,3 +749,72 @@ fn kill_9_loses_no_checkpoint() {
     assert_eq!(view.run.as_ref().map(|r| r.id.as_str()), Some("crashed"));
     assert_eq!(view.run.as_ref().and_then(|r| r.finished_at.clone()), None);
 }
+
+#[test]
+fn abzu_files_verbatim_are_taken_over() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let abzu_state = include_str!("../../tests/fixtures/abzu/razar_state.json");
+    let abzu_log = include_str!("../../tests/fixtures/abzu/quarantine_log.md");
+    std::fs::write(dir.join("razar_state.json"), abzu_state).expect("write");
+    std::fs::write(dir.join("quarantine_log.md"), abzu_log).expect("write");
+    let plan = plan_of(dir, STACK);
+    let store = Store::open(dir).expect("ABZU's state file is recognised, not refused");
+    validate(STATE_SCHEMA, &state_json(dir));
+    let mut rec = store.recorder(&plan);
+    rec.emit(&ev(0, started("r1", false)));
+    rec.emit(&ev(
+        1,
+        EventKind::Quarantined {
+            component: "api".into(),
+            attempts: 1,
+            reason: "exited with exit code 1".into(),
+            exit: None,
+            log_tail: vec![
+                "ImportError: cannot import name 'run_validated_task' (most likely due to a circular import)".into(),
+            ],
+        },
+    ));
+    // ABZU's log keeps its content and its table gets our row, in its format.
+    let log = std::fs::read_to_string(dir.join("quarantine_log.md")).expect("log");
+    assert!(
+        log.starts_with(abzu_log),
+        "ABZU's rows are kept as they were"
+    );
+    let added = &log[abzu_log.len()..];
+    assert_eq!(added.lines().count(), 1, "{added}");
+    let cells: Vec<&str> = added.trim_end().split(" | ").collect();
+    assert_eq!(cells.len(), 4, "{added}");
+    assert_eq!(cells[1], "api");
+    assert_eq!(cells[2], "quarantined");
+    assert!(cells[3].starts_with("dependency: "), "{added}");
+}
+
+#[test]
+fn the_quarantine_schema_is_the_state_schemas_record() {
+    let state: serde_json::Value = serde_json::from_str(STATE_SCHEMA).expect("JSON");
+    let quarantine: serde_json::Value = serde_json::from_str(QUARANTINE_SCHEMA).expect("JSON");
+    let record = &state["$defs"]["quarantine_record"];
+    for key in ["type", "required", "additionalProperties", "properties"] {
+        assert_eq!(
+            record[key], quarantine[key],
+            "`{key}` differs between the two schemas"
+        );
+    }
+    assert_eq!(
+        state["$defs"]["exit_info"],
+        quarantine["$defs"]["exit_info"]
+    );
+    assert_eq!(
+        state["properties"]["version"]["const"],
+        serde_json::json!(STATE_FORMAT)
+    );
+    assert_eq!(
+        state["$defs"]["history_stats"]["properties"]["samples"]["maximum"],
+        serde_json::json!(HISTORY_LIMIT)
+    );
+    assert_eq!(
+        record["properties"]["log_tail"]["maxItems"],
+        serde_json::json!(LOG_TAIL_LIMIT)
+    );
+}

@@ -1,11 +1,10 @@
 //! The writable store: the database plus the files mirroring it, held under the apply lock.
 //!
-//! [`Recorder`] turns each executor event into checkpoint updates. Ordering and durability:
-//! the database write happens inside `emit`, before the executor proceeds (and so before the
-//! reporter shows the event); events that `apply --resume` depends on (a spawned pid, a
-//! completed task, an adoption, a stop, a quarantine, run start and end) are also flushed
-//! before `emit` returns. `razar_state.json` is rewritten by a writer thread, coalesced to at
-//! most one rewrite per [`SNAPSHOT_INTERVAL`], and synchronously at the end of a run.
+//! [`Recorder`] turns each executor event into checkpoint updates, committed to the database
+//! (journal first, see `db`) inside `emit`: before the executor proceeds, and so before the
+//! reporter shows the event, every transition survives razar being killed. `razar_state.json`
+//! is rewritten by a writer thread, coalesced to at most one rewrite per [`SNAPSHOT_INTERVAL`]
+//! (more apart for large stacks), synchronously at the end of a run and when the store closes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -30,7 +29,8 @@ use crate::config::Kind;
 use crate::exec::{Event, EventKind, Prior, PriorStatus, Sink};
 use crate::plan::Plan;
 
-/// Shortest time between two background rewrites of `razar_state.json`.
+/// Shortest time between two background rewrites of `razar_state.json` (longer when a
+/// rewrite itself takes long, see `run_writer`).
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Recent events kept in `razar_state.json`.
@@ -151,16 +151,18 @@ impl Board {
                     return;
                 }
             }
+            let began = std::time::Instant::now();
             if let Err(err) = self.write_snapshot(Some(self.apply)) {
                 self.fail(&err);
             }
+            // A large stack's snapshot takes a while to render and write: keep the writer
+            // under about a fifth of one core.
+            let pause = SNAPSHOT_INTERVAL.max(began.elapsed() * 4);
             let live = lock(&self.live);
             if live.shutdown {
                 return;
             }
-            let _ = self
-                .wake
-                .wait_timeout_while(live, SNAPSHOT_INTERVAL, |l| !l.shutdown);
+            let _ = self.wake.wait_timeout_while(live, pause, |l| !l.shutdown);
         }
     }
 }

@@ -433,14 +433,24 @@ impl Store {
         Ok(record)
     }
 
-    /// Records Crown's handshake answer (ABZU's `handshake`, `capabilities`, `downtime`).
-    pub fn record_handshake(&self, crown: CrownRecord) -> Result<(), StateError> {
+    /// Records a Crown handshake: ABZU's `handshake`, `capabilities` and `downtime` keys of
+    /// `razar_state.json`. `handshake` is the Crown link's record of the exchange (see
+    /// [`CrownRecord::from_value`]).
+    pub fn record_handshake(&self, handshake: &serde_json::Value) -> Result<(), StateError> {
+        let crown = CrownRecord::from_value(handshake);
         let mut live = lock(&self.shared.board.live);
-        let at = crown.at.clone().unwrap_or_else(now);
+        let at = crown
+            .extra
+            .get("at")
+            .and_then(|a| a.as_str())
+            .map_or_else(now, str::to_owned);
         let mut batch = Batch::default();
         batch.put(Tree::Meta, b"crown", &crown);
         self.shared.db.commit(batch)?;
-        let detail = format!("ack `{}`", crown.acknowledgement);
+        let detail = match crown.extra.get("outcome").and_then(|o| o.as_str()) {
+            Some(outcome) if outcome != "ok" => outcome.to_owned(),
+            _ => format!("ack `{}`", crown.acknowledgement),
+        };
         live.loaded.crown = crown;
         push_note(&mut live, "handshake", &at, None, Some(detail));
         self.bump(live);

@@ -635,17 +635,54 @@ fn abzu_state_keys_are_carried_over() {
                 .starts_with("razar_state.json.abzu-")
         });
     assert!(kept, "the ABZU original is kept");
+    store
+        .record_handshake(&serde_json::json!({
+            "outcome": "ok",
+            "at": "2025-09-02T12:00:00.000Z",
+            "url": "ws://127.0.0.1:8765/crown",
+            "attempts": 1,
+            "acknowledgement": "ok",
+            "protocol": 1,
+            "capabilities": ["GLM4V", "vision"],
+            "downtime": {"vision": {"description": "maintenance"}},
+            "suggestions": [{"action": "prioritize", "component": "api", "reason": "hot path"}],
+            "mission_brief": "2025-09-02T12-00-00.000Z",
+        }))
+        .expect("record handshake");
     store.record_model_launch("GLM4V").expect("record launch");
     store.sync().expect("sync");
     let value = state_json(dir);
-    assert_eq!(value["launched_models"], serde_json::json!(["GLM4V"]));
+    validate(STATE_SCHEMA, &value);
     assert_eq!(
-        value["events"]
-            .as_array()
-            .and_then(|e| e.last())
-            .map(|e| e["model"].clone()),
-        Some("GLM4V".into())
+        value["capabilities"],
+        serde_json::json!(["GLM4V", "vision"])
     );
+    assert_eq!(
+        value["handshake"]["mission_brief"],
+        "2025-09-02T12-00-00.000Z"
+    );
+    assert_eq!(value["handshake"]["suggestions"][0]["component"], "api");
+    assert_eq!(value["launched_models"], serde_json::json!(["GLM4V"]));
+    // An offline handshake: no acknowledgement, the reason kept.
+    store
+        .record_handshake(&serde_json::json!({
+            "outcome": "offline", "at": "2025-09-02T12:01:00.000Z", "attempts": 3,
+            "error": "connection refused", "acknowledgement": null,
+        }))
+        .expect("record handshake");
+    store.sync().expect("sync");
+    let value = state_json(dir);
+    validate(STATE_SCHEMA, &value);
+    assert_eq!(value["handshake"]["acknowledgement"], "");
+    assert_eq!(value["handshake"]["error"], "connection refused");
+    let events = value["events"].as_array().expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "model_launched" && e["model"] == "GLM4V"),
+        "{events:#?}"
+    );
+    assert_eq!(events.last().map(|e| &e["detail"]), Some(&"offline".into()));
 }
 
 #[test]

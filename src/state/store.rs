@@ -669,7 +669,16 @@ impl Recorder {
                     rec.command_hash = step.command_hash.clone();
                     rec.run_id = Some(run_id.clone());
                     rec.updated_at = at.to_owned();
-                    let holds_process = rec.pid.is_some();
+                    // A recorded process that is gone (the machine rebooted, someone killed
+                    // it) holds nothing any more.
+                    let holds_process = rec
+                        .pid
+                        .is_some_and(|pid| proc::process_alive(pid, rec.start_time));
+                    if !holds_process {
+                        rec.pid = None;
+                        rec.pgid = None;
+                        rec.start_time = None;
+                    }
                     if *resumed {
                         // Completed tasks stay completed (the executor skips them); processes
                         // that may still run keep their pid until adopted or replaced.

@@ -429,15 +429,32 @@ fn priors_report_completed_tasks_and_live_pids_and_resume_keeps_them() {
         assert_eq!(priors["db"].pid, Some(me));
         assert!(store.view().components["db"].adopted);
     }
-    // A fresh run starts the task afresh, but never forgets a process that may still run.
+    // A fresh run starts the task afresh, but never forgets a process that still runs; one
+    // that is gone is forgotten.
+    let mut web = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep runs");
+    let web_pid = web.id();
     {
         let store = Store::open(&dir).expect("reopen");
         let mut rec = store.recorder(&plan);
+        rec.emit(&ev(0, spawned("web", 1, web_pid)));
+    }
+    web.kill().expect("kill");
+    web.wait().expect("reap");
+    {
+        let store = Store::open(&dir).expect("reopen");
+        let mut rec = store.recorder(&plan);
+        assert_eq!(store.priors()["web"].status, PriorStatus::Running);
         rec.emit(&ev(0, started("r3", false)));
         let priors = store.priors();
         assert_eq!(priors["migrate"].status, PriorStatus::Other);
         assert_eq!(priors["db"].status, PriorStatus::Running);
+        assert_eq!(priors["web"].status, PriorStatus::Other);
+        assert_eq!(priors["web"].pid, None);
         assert_eq!(store.view().components["migrate"].status, Status::Waiting);
+        assert_eq!(store.view().components["web"].status, Status::Waiting);
     }
 }
 

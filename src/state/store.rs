@@ -12,8 +12,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::db::{Batch, Db, Tree};
 use super::files::{self, ApplyInfo, Existing, Snapshot};
 use super::history::{Outcome as SampleOutcome, Ring, Sample};
@@ -521,7 +519,7 @@ impl Store {
             steps,
             spawned_at_ms: HashMap::new(),
             rings: HashMap::new(),
-            cancel: None,
+            on_failure: None,
         }
     }
 }
@@ -596,6 +594,9 @@ struct StepInfo {
     command: Option<String>,
 }
 
+/// Called with the error when a checkpoint cannot be saved.
+type FailureHook = Box<dyn FnMut(&str) + Send>;
+
 /// The executor's checkpointing sink (see the module docs for the durability rules).
 pub struct Recorder {
     shared: Arc<Shared>,
@@ -604,14 +605,15 @@ pub struct Recorder {
     spawned_at_ms: HashMap<String, u64>,
     /// History rings touched in this run.
     rings: HashMap<String, Ring>,
-    cancel: Option<CancellationToken>,
+    on_failure: Option<FailureHook>,
 }
 
 impl Recorder {
-    /// Cancels `token` if a checkpoint cannot be saved: continuing a boot whose state is lost
-    /// would break `--resume`'s promise that nothing runs twice.
-    pub fn cancel_on_failure(mut self, token: CancellationToken) -> Self {
-        self.cancel = Some(token);
+    /// Calls `hook` with the error, once, when a checkpoint cannot be saved: continuing a
+    /// boot whose state is lost would break `--resume`'s promise that nothing runs twice, so
+    /// `apply` should stop the run (e.g. `move |_| shutdown.request(CancelReason::Signal)`).
+    pub fn on_failure(mut self, hook: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_failure = Some(Box::new(hook));
         self
     }
 
@@ -1103,8 +1105,8 @@ impl Sink for Recorder {
     fn emit(&mut self, event: &Event) {
         if let Err(err) = self.record(event) {
             self.shared.board.fail(&err);
-            if let Some(token) = &self.cancel {
-                token.cancel();
+            if let Some(mut hook) = self.on_failure.take() {
+                hook(&err.to_string());
             }
         }
     }

@@ -872,3 +872,35 @@ fn the_quarantine_schema_is_the_state_schemas_record() {
         serde_json::json!(LOG_TAIL_LIMIT)
     );
 }
+
+#[test]
+fn a_checkpoint_that_cannot_be_saved_is_reported_and_stops_the_run() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let plan = plan_of(tmp.path(), STACK);
+    let dir = tmp.path().join("state");
+    let store = Store::open(&dir).expect("open");
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = std::sync::Arc::clone(&failures);
+    let mut rec = store
+        .recorder(&plan)
+        .on_failure(move |err| seen.lock().expect("lock").push(err.to_owned()));
+    rec.emit(&ev(0, started("r1", false)));
+    assert_eq!(store.failure(), None);
+    // Something else took the quarantine directory's name: the record file cannot be written.
+    std::fs::write(dir.join("quarantine"), "in the way").expect("write");
+    rec.emit(&ev(
+        1,
+        EventKind::Quarantined {
+            component: "api".into(),
+            attempts: 1,
+            reason: "boom".into(),
+            exit: None,
+            log_tail: vec![],
+        },
+    ));
+    let failure = store.failure().expect("the failure is reported");
+    assert!(failure.contains("quarantine"), "{failure}");
+    assert_eq!(failures.lock().expect("lock").len(), 1, "the hook ran once");
+    // The database still got the record: the truth is intact.
+    assert!(store.quarantine().contains_key("api"));
+}

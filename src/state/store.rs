@@ -12,6 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use super::db::{Batch, Db, Tree};
 use super::files::{self, ApplyInfo, Existing, Snapshot};
 use super::history::{Outcome as SampleOutcome, Ring, Sample};
@@ -609,6 +611,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Cancels `token` when a checkpoint cannot be saved (see [`Recorder::on_failure`]).
+    pub fn cancel_on_failure(self, token: CancellationToken) -> Self {
+        self.on_failure(move |_| token.cancel())
+    }
+
     /// Calls `hook` with the error, once, when a checkpoint cannot be saved: continuing a
     /// boot whose state is lost would break `--resume`'s promise that nothing runs twice, so
     /// `apply` should stop the run (e.g. `move |_| shutdown.request(CancelReason::Signal)`).

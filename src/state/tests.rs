@@ -904,3 +904,27 @@ fn a_checkpoint_that_cannot_be_saved_is_reported_and_stops_the_run() {
     // The database still got the record: the truth is intact.
     assert!(store.quarantine().contains_key("api"));
 }
+
+#[test]
+fn a_lost_checkpoint_cancels_the_token() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let plan = plan_of(tmp.path(), STACK);
+    let dir = tmp.path().join("state");
+    let store = Store::open(&dir).expect("open");
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut rec = store.recorder(&plan).cancel_on_failure(token.clone());
+    rec.emit(&ev(0, started("r1", false)));
+    assert!(!token.is_cancelled());
+    std::fs::write(dir.join("quarantine"), "in the way").expect("write");
+    rec.emit(&ev(
+        1,
+        EventKind::Quarantined {
+            component: "api".into(),
+            attempts: 1,
+            reason: "boom".into(),
+            exit: None,
+            log_tail: vec![],
+        },
+    ));
+    assert!(token.is_cancelled());
+}

@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::error::Error;
 use crate::exec::{self, CancelReason, Outcome, PriorStatus, Shutdown};
 use crate::plan::{self, Plan, Strategy};
@@ -178,26 +176,22 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     if request.follow {
         options.follow = Some(reporter.follower());
     }
+    let shutdown = Shutdown::new();
     // A checkpoint that cannot be saved stops the stack: continuing would break resume's
     // promise that nothing runs twice.
-    let state_lost = CancellationToken::new();
-    let recorder = store.recorder(&plan).cancel_on_failure(state_lost.clone());
+    let recorder = store.recorder(&plan).on_failure({
+        let shutdown = shutdown.clone();
+        move |_| shutdown.request(CancelReason::Signal)
+    });
     let mut sinks = exec::event::Fanout(vec![Box::new(recorder), Box::new(reporter)]);
-    let shutdown = Shutdown::new();
     let runtime = runtime()?;
     let result = runtime.block_on(async {
         let listener = exec::signal::Listener::install()?;
-        let on_state_lost = async {
-            state_lost.cancelled().await;
-            shutdown.request(CancelReason::Signal);
-            std::future::pending::<()>().await;
-        };
         tokio::select! {
             result = exec::run(&plan, options, shutdown.clone(), &mut sinks) => {
                 Ok::<_, std::io::Error>(result)
             }
             never = listener.listen(shutdown.clone()) => match never {},
-            () = on_state_lost => unreachable!("never completes"),
         }
     });
     // The reporter finishes its last line when dropped.

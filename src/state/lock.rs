@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Paths, StateError, proc};
 
@@ -20,6 +20,9 @@ pub struct Holder {
     pub pid: u32,
     pub start_time: Option<u64>,
 }
+
+/// How long a refused lock is retried while no live holder is named in the file.
+const HOLDER_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Held for as long as a [`Store`](super::Store) is open.
 #[derive(Debug)]
@@ -39,17 +42,30 @@ impl ApplyLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| StateError::io(&path, e))?;
-        // SAFETY: flock on a file descriptor this function owns.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        // A refused flock with nobody named in the file is transient: a holder that locked an
+        // instant ago and has not written its pid yet, one that is releasing (it empties the
+        // file first), or a child forked by a holder in the instant before its `exec` closes the
+        // inherited descriptor. Keep trying for a moment; refuse as soon as a live holder is
+        // named.
+        let deadline = Instant::now() + HOLDER_PATIENCE;
+        loop {
+            // SAFETY: flock on a file descriptor this function owns.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(StateError::io(&path, err));
             }
-            return Err(StateError::Locked {
-                dir: paths.dir.clone(),
-                pid: wait_for_holder(&path).map(|h| h.pid),
-            });
+            let holder = read_holder(&path);
+            if holder.is_some() || Instant::now() >= deadline {
+                return Err(StateError::Locked {
+                    dir: paths.dir.clone(),
+                    pid: holder.map(|h| h.pid),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         let me = std::process::id();
         let line = match proc::start_time(me) {
@@ -74,18 +90,6 @@ impl Drop for ApplyLock {
             tracing::warn!("cannot clear `{}`: {err}", self.path.display());
         }
     }
-}
-
-/// The holder a refused `flock` found. It may have locked the file an instant ago and not
-/// written its pid yet, so look a few times before giving up on naming it.
-fn wait_for_holder(path: &Path) -> Option<Holder> {
-    for _ in 0..20 {
-        if let Some(holder) = read_holder(path) {
-            return Some(holder);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
 }
 
 fn read_holder(path: &Path) -> Option<Holder> {
@@ -122,6 +126,22 @@ mod tests {
         assert_eq!(holder(dir.path()), None);
         let again = ApplyLock::acquire(&paths).expect("lock is free after release");
         drop(again);
+    }
+
+    #[test]
+    fn a_lock_held_by_an_unnamed_process_for_a_moment_is_waited_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(dir.path());
+        let first = ApplyLock::acquire(&paths).expect("first lock");
+        // What a fork in the holder leaves for an instant: the lock held, the file emptied.
+        std::fs::write(paths.lock(), "").expect("empty the file");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(first);
+        });
+        let second = ApplyLock::acquire(&paths).expect("acquired once the holder let go");
+        release.join().expect("release thread");
+        drop(second);
     }
 
     #[test]

@@ -192,16 +192,49 @@ pub struct QuarantineRecord {
     pub log_tail: Vec<String>,
 }
 
-/// What the Crown handshake said (ABZU's `handshake` block).
+/// What the Crown handshake said (ABZU's `handshake` block): ABZU's three keys, plus whatever
+/// else the Crown link records about the exchange (`outcome`, `at`, `url`, `attempts`,
+/// `suggestions`, `mission_brief`, `error`, …), kept as given.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CrownRecord {
     pub acknowledgement: String,
     pub capabilities: Vec<String>,
     pub downtime: serde_json::Map<String, serde_json::Value>,
-    /// When the handshake happened (absent in ABZU's files).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl CrownRecord {
+    /// Reads the Crown link's record of a handshake. A missing or `null` acknowledgement (no
+    /// reply) is ABZU's empty string; capabilities that are not strings are dropped.
+    pub fn from_value(value: &serde_json::Value) -> CrownRecord {
+        let mut extra = value.as_object().cloned().unwrap_or_default();
+        let acknowledgement = extra
+            .remove("acknowledgement")
+            .and_then(|a| a.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let capabilities = extra
+            .remove("capabilities")
+            .and_then(|c| {
+                c.as_array().map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        let downtime = extra
+            .remove("downtime")
+            .and_then(|d| d.as_object().cloned())
+            .unwrap_or_default();
+        CrownRecord {
+            acknowledgement,
+            capabilities,
+            downtime,
+            extra,
+        }
+    }
 }
 
 /// One line of the recent-events list in `razar_state.json` (ABZU's `events`).

@@ -248,11 +248,7 @@ pub fn status_text(view: &View, rows: &[StatusRow]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let pid = match (r.pid, r.alive) {
-                (Some(pid), Some(false)) => format!("{pid} (gone)"),
-                (Some(pid), _) => pid.to_string(),
-                (None, _) => "-".to_owned(),
-            };
+            let pid = r.pid.map_or("-".to_owned(), |pid| pid.to_string());
             let probe = match &r.last_probe {
                 Some(p) if p.ok => format!("ok: {}", p.detail),
                 Some(p) => format!("failing: {}", p.detail),
@@ -275,8 +271,12 @@ pub fn status_text(view: &View, rows: &[StatusRow]) -> String {
                         Kind::Task => "task",
                     })
                     .to_owned(),
-                r.status
-                    .map_or("never run".to_owned(), |s| s.as_str().to_owned()),
+                match (r.status, r.alive) {
+                    (None, _) => "never run".to_owned(),
+                    // The record says it runs, but its process is gone: nobody supervised it.
+                    (Some(s), Some(false)) => format!("gone (was {s})"),
+                    (Some(s), _) => s.as_str().to_owned(),
+                },
                 pid,
                 r.uptime_ms.map_or("-".to_owned(), human_ms),
                 r.restarts.to_string(),

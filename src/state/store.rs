@@ -1,11 +1,10 @@
 //! The writable store: the database plus the files mirroring it, held under the apply lock.
 //!
-//! [`Recorder`] turns each executor event into checkpoint updates. Ordering and durability:
-//! the database write happens inside `emit`, before the executor proceeds (and so before the
-//! reporter shows the event); events that `apply --resume` depends on (a spawned pid, a
-//! completed task, an adoption, a stop, a quarantine, run start and end) are also flushed
-//! before `emit` returns. `razar_state.json` is rewritten by a writer thread, coalesced to at
-//! most one rewrite per [`SNAPSHOT_INTERVAL`], and synchronously at the end of a run.
+//! [`Recorder`] turns each executor event into checkpoint updates, committed to the database
+//! (journal first, see `db`) inside `emit`: before the executor proceeds, and so before the
+//! reporter shows the event, every transition survives razar being killed. `razar_state.json`
+//! is rewritten by a writer thread, coalesced to at most one rewrite per [`SNAPSHOT_INTERVAL`]
+//! (more apart for large stacks), synchronously at the end of a run and when the store closes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -30,7 +29,8 @@ use crate::config::Kind;
 use crate::exec::{Event, EventKind, Prior, PriorStatus, Sink};
 use crate::plan::Plan;
 
-/// Shortest time between two background rewrites of `razar_state.json`.
+/// Shortest time between two background rewrites of `razar_state.json` (longer when a
+/// rewrite itself takes long, see `run_writer`).
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Recent events kept in `razar_state.json`.
@@ -151,16 +151,18 @@ impl Board {
                     return;
                 }
             }
+            let began = std::time::Instant::now();
             if let Err(err) = self.write_snapshot(Some(self.apply)) {
                 self.fail(&err);
             }
+            // A large stack's snapshot takes a while to render and write: keep the writer
+            // under about a fifth of one core.
+            let pause = SNAPSHOT_INTERVAL.max(began.elapsed() * 4);
             let live = lock(&self.live);
             if live.shutdown {
                 return;
             }
-            let _ = self
-                .wake
-                .wait_timeout_while(live, SNAPSHOT_INTERVAL, |l| !l.shutdown);
+            let _ = self.wake.wait_timeout_while(live, pause, |l| !l.shutdown);
         }
     }
 }
@@ -431,14 +433,24 @@ impl Store {
         Ok(record)
     }
 
-    /// Records Crown's handshake answer (ABZU's `handshake`, `capabilities`, `downtime`).
-    pub fn record_handshake(&self, crown: CrownRecord) -> Result<(), StateError> {
+    /// Records a Crown handshake: ABZU's `handshake`, `capabilities` and `downtime` keys of
+    /// `razar_state.json`. `handshake` is the Crown link's record of the exchange (see
+    /// [`CrownRecord::from_value`]).
+    pub fn record_handshake(&self, handshake: &serde_json::Value) -> Result<(), StateError> {
+        let crown = CrownRecord::from_value(handshake);
         let mut live = lock(&self.shared.board.live);
-        let at = crown.at.clone().unwrap_or_else(now);
+        let at = crown
+            .extra
+            .get("at")
+            .and_then(|a| a.as_str())
+            .map_or_else(now, str::to_owned);
         let mut batch = Batch::default();
         batch.put(Tree::Meta, b"crown", &crown);
         self.shared.db.commit(batch)?;
-        let detail = format!("ack `{}`", crown.acknowledgement);
+        let detail = match crown.extra.get("outcome").and_then(|o| o.as_str()) {
+            Some(outcome) if outcome != "ok" => outcome.to_owned(),
+            _ => format!("ack `{}`", crown.acknowledgement),
+        };
         live.loaded.crown = crown;
         push_note(&mut live, "handshake", &at, None, Some(detail));
         self.bump(live);
@@ -509,7 +521,7 @@ impl Store {
             steps,
             spawned_at_ms: HashMap::new(),
             rings: HashMap::new(),
-            cancel: None,
+            on_failure: None,
         }
     }
 }
@@ -584,6 +596,9 @@ struct StepInfo {
     command: Option<String>,
 }
 
+/// Called with the error when a checkpoint cannot be saved.
+type FailureHook = Box<dyn FnMut(&str) + Send>;
+
 /// The executor's checkpointing sink (see the module docs for the durability rules).
 pub struct Recorder {
     shared: Arc<Shared>,
@@ -592,14 +607,20 @@ pub struct Recorder {
     spawned_at_ms: HashMap<String, u64>,
     /// History rings touched in this run.
     rings: HashMap<String, Ring>,
-    cancel: Option<CancellationToken>,
+    on_failure: Option<FailureHook>,
 }
 
 impl Recorder {
-    /// Cancels `token` if a checkpoint cannot be saved: continuing a boot whose state is lost
-    /// would break `--resume`'s promise that nothing runs twice.
-    pub fn cancel_on_failure(mut self, token: CancellationToken) -> Self {
-        self.cancel = Some(token);
+    /// Cancels `token` when a checkpoint cannot be saved (see [`Recorder::on_failure`]).
+    pub fn cancel_on_failure(self, token: CancellationToken) -> Self {
+        self.on_failure(move |_| token.cancel())
+    }
+
+    /// Calls `hook` with the error, once, when a checkpoint cannot be saved: continuing a
+    /// boot whose state is lost would break `--resume`'s promise that nothing runs twice, so
+    /// `apply` should stop the run (e.g. `move |_| shutdown.request(CancelReason::Signal)`).
+    pub fn on_failure(mut self, hook: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_failure = Some(Box::new(hook));
         self
     }
 
@@ -657,7 +678,16 @@ impl Recorder {
                     rec.command_hash = step.command_hash.clone();
                     rec.run_id = Some(run_id.clone());
                     rec.updated_at = at.to_owned();
-                    let holds_process = rec.pid.is_some();
+                    // A recorded process that is gone (the machine rebooted, someone killed
+                    // it) holds nothing any more.
+                    let holds_process = rec
+                        .pid
+                        .is_some_and(|pid| proc::process_alive(pid, rec.start_time));
+                    if !holds_process {
+                        rec.pid = None;
+                        rec.pgid = None;
+                        rec.start_time = None;
+                    }
                     if *resumed {
                         // Completed tasks stay completed (the executor skips them); processes
                         // that may still run keep their pid until adopted or replaced.
@@ -1082,8 +1112,8 @@ impl Sink for Recorder {
     fn emit(&mut self, event: &Event) {
         if let Err(err) = self.record(event) {
             self.shared.board.fail(&err);
-            if let Some(token) = &self.cancel {
-                token.cancel();
+            if let Some(mut hook) = self.on_failure.take() {
+                hook(&err.to_string());
             }
         }
     }

@@ -429,15 +429,32 @@ fn priors_report_completed_tasks_and_live_pids_and_resume_keeps_them() {
         assert_eq!(priors["db"].pid, Some(me));
         assert!(store.view().components["db"].adopted);
     }
-    // A fresh run starts the task afresh, but never forgets a process that may still run.
+    // A fresh run starts the task afresh, but never forgets a process that still runs; one
+    // that is gone is forgotten.
+    let mut web = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep runs");
+    let web_pid = web.id();
     {
         let store = Store::open(&dir).expect("reopen");
         let mut rec = store.recorder(&plan);
+        rec.emit(&ev(0, spawned("web", 1, web_pid)));
+    }
+    web.kill().expect("kill");
+    web.wait().expect("reap");
+    {
+        let store = Store::open(&dir).expect("reopen");
+        let mut rec = store.recorder(&plan);
+        assert_eq!(store.priors()["web"].status, PriorStatus::Running);
         rec.emit(&ev(0, started("r3", false)));
         let priors = store.priors();
         assert_eq!(priors["migrate"].status, PriorStatus::Other);
         assert_eq!(priors["db"].status, PriorStatus::Running);
+        assert_eq!(priors["web"].status, PriorStatus::Other);
+        assert_eq!(priors["web"].pid, None);
         assert_eq!(store.view().components["migrate"].status, Status::Waiting);
+        assert_eq!(store.view().components["web"].status, Status::Waiting);
     }
 }
 
@@ -635,17 +652,54 @@ fn abzu_state_keys_are_carried_over() {
                 .starts_with("razar_state.json.abzu-")
         });
     assert!(kept, "the ABZU original is kept");
+    store
+        .record_handshake(&serde_json::json!({
+            "outcome": "ok",
+            "at": "2025-09-02T12:00:00.000Z",
+            "url": "ws://127.0.0.1:8765/crown",
+            "attempts": 1,
+            "acknowledgement": "ok",
+            "protocol": 1,
+            "capabilities": ["GLM4V", "vision"],
+            "downtime": {"vision": {"description": "maintenance"}},
+            "suggestions": [{"action": "prioritize", "component": "api", "reason": "hot path"}],
+            "mission_brief": "2025-09-02T12-00-00.000Z",
+        }))
+        .expect("record handshake");
     store.record_model_launch("GLM4V").expect("record launch");
     store.sync().expect("sync");
     let value = state_json(dir);
-    assert_eq!(value["launched_models"], serde_json::json!(["GLM4V"]));
+    validate(STATE_SCHEMA, &value);
     assert_eq!(
-        value["events"]
-            .as_array()
-            .and_then(|e| e.last())
-            .map(|e| e["model"].clone()),
-        Some("GLM4V".into())
+        value["capabilities"],
+        serde_json::json!(["GLM4V", "vision"])
     );
+    assert_eq!(
+        value["handshake"]["mission_brief"],
+        "2025-09-02T12-00-00.000Z"
+    );
+    assert_eq!(value["handshake"]["suggestions"][0]["component"], "api");
+    assert_eq!(value["launched_models"], serde_json::json!(["GLM4V"]));
+    // An offline handshake: no acknowledgement, the reason kept.
+    store
+        .record_handshake(&serde_json::json!({
+            "outcome": "offline", "at": "2025-09-02T12:01:00.000Z", "attempts": 3,
+            "error": "connection refused", "acknowledgement": null,
+        }))
+        .expect("record handshake");
+    store.sync().expect("sync");
+    let value = state_json(dir);
+    validate(STATE_SCHEMA, &value);
+    assert_eq!(value["handshake"]["acknowledgement"], "");
+    assert_eq!(value["handshake"]["error"], "connection refused");
+    let events = value["events"].as_array().expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "model_launched" && e["model"] == "GLM4V"),
+        "{events:#?}"
+    );
+    assert_eq!(events.last().map(|e| &e["detail"]), Some(&"offline".into()));
 }
 
 #[test]
@@ -748,4 +802,129 @@ fn kill_9_loses_no_checkpoint() {
     let view = store.view();
     assert_eq!(view.run.as_ref().map(|r| r.id.as_str()), Some("crashed"));
     assert_eq!(view.run.as_ref().and_then(|r| r.finished_at.clone()), None);
+}
+
+#[test]
+fn abzu_files_verbatim_are_taken_over() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let abzu_state = include_str!("../../tests/fixtures/abzu/razar_state.json");
+    let abzu_log = include_str!("../../tests/fixtures/abzu/quarantine_log.md");
+    std::fs::write(dir.join("razar_state.json"), abzu_state).expect("write");
+    std::fs::write(dir.join("quarantine_log.md"), abzu_log).expect("write");
+    let plan = plan_of(dir, STACK);
+    let store = Store::open(dir).expect("ABZU's state file is recognised, not refused");
+    validate(STATE_SCHEMA, &state_json(dir));
+    let mut rec = store.recorder(&plan);
+    rec.emit(&ev(0, started("r1", false)));
+    rec.emit(&ev(
+        1,
+        EventKind::Quarantined {
+            component: "api".into(),
+            attempts: 1,
+            reason: "exited with exit code 1".into(),
+            exit: None,
+            log_tail: vec![
+                "ImportError: cannot import name 'run_validated_task' (most likely due to a circular import)".into(),
+            ],
+        },
+    ));
+    // ABZU's log keeps its content and its table gets our row, in its format.
+    let log = std::fs::read_to_string(dir.join("quarantine_log.md")).expect("log");
+    assert!(
+        log.starts_with(abzu_log),
+        "ABZU's rows are kept as they were"
+    );
+    let added = &log[abzu_log.len()..];
+    assert_eq!(added.lines().count(), 1, "{added}");
+    let cells: Vec<&str> = added.trim_end().split(" | ").collect();
+    assert_eq!(cells.len(), 4, "{added}");
+    assert_eq!(cells[1], "api");
+    assert_eq!(cells[2], "quarantined");
+    assert!(cells[3].starts_with("dependency: "), "{added}");
+}
+
+#[test]
+fn the_quarantine_schema_is_the_state_schemas_record() {
+    let state: serde_json::Value = serde_json::from_str(STATE_SCHEMA).expect("JSON");
+    let quarantine: serde_json::Value = serde_json::from_str(QUARANTINE_SCHEMA).expect("JSON");
+    let record = &state["$defs"]["quarantine_record"];
+    for key in ["type", "required", "additionalProperties", "properties"] {
+        assert_eq!(
+            record[key], quarantine[key],
+            "`{key}` differs between the two schemas"
+        );
+    }
+    assert_eq!(
+        state["$defs"]["exit_info"],
+        quarantine["$defs"]["exit_info"]
+    );
+    assert_eq!(
+        state["properties"]["version"]["const"],
+        serde_json::json!(STATE_FORMAT)
+    );
+    assert_eq!(
+        state["$defs"]["history_stats"]["properties"]["samples"]["maximum"],
+        serde_json::json!(HISTORY_LIMIT)
+    );
+    assert_eq!(
+        record["properties"]["log_tail"]["maxItems"],
+        serde_json::json!(LOG_TAIL_LIMIT)
+    );
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_saved_is_reported_and_stops_the_run() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let plan = plan_of(tmp.path(), STACK);
+    let dir = tmp.path().join("state");
+    let store = Store::open(&dir).expect("open");
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = std::sync::Arc::clone(&failures);
+    let mut rec = store
+        .recorder(&plan)
+        .on_failure(move |err| seen.lock().expect("lock").push(err.to_owned()));
+    rec.emit(&ev(0, started("r1", false)));
+    assert_eq!(store.failure(), None);
+    // Something else took the quarantine directory's name: the record file cannot be written.
+    std::fs::write(dir.join("quarantine"), "in the way").expect("write");
+    rec.emit(&ev(
+        1,
+        EventKind::Quarantined {
+            component: "api".into(),
+            attempts: 1,
+            reason: "boom".into(),
+            exit: None,
+            log_tail: vec![],
+        },
+    ));
+    let failure = store.failure().expect("the failure is reported");
+    assert!(failure.contains("quarantine"), "{failure}");
+    assert_eq!(failures.lock().expect("lock").len(), 1, "the hook ran once");
+    // The database still got the record: the truth is intact.
+    assert!(store.quarantine().contains_key("api"));
+}
+
+#[test]
+fn a_lost_checkpoint_cancels_the_token() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let plan = plan_of(tmp.path(), STACK);
+    let dir = tmp.path().join("state");
+    let store = Store::open(&dir).expect("open");
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut rec = store.recorder(&plan).cancel_on_failure(token.clone());
+    rec.emit(&ev(0, started("r1", false)));
+    assert!(!token.is_cancelled());
+    std::fs::write(dir.join("quarantine"), "in the way").expect("write");
+    rec.emit(&ev(
+        1,
+        EventKind::Quarantined {
+            component: "api".into(),
+            attempts: 1,
+            reason: "boom".into(),
+            exit: None,
+            log_tail: vec![],
+        },
+    ));
+    assert!(token.is_cancelled());
 }

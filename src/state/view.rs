@@ -17,6 +17,9 @@ use super::{
     StateError,
 };
 
+/// How long a reader retries a busy database while no apply holds the state directory.
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Everything persisted, as loaded from the database (or a snapshot).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Loaded {
@@ -181,29 +184,40 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
         }
         Err(err) => return Err(StateError::io(dir, err)),
     }
-    let apply = lock::holder(dir);
+    let mut apply = lock::holder(dir);
     if apply.is_none() && paths.db().exists() {
-        match Db::open(&paths) {
-            Ok(db) => {
-                if let Some(found) = db.get::<u64>(Tree::Meta, b"format")?
-                    && found > u64::from(STATE_FORMAT)
-                {
-                    return Err(StateError::Newer {
-                        path: paths.db(),
-                        found,
-                    });
+        // Busy with no apply named: another reader has the database open, an apply is
+        // starting, or a process forked an instant ago still holds an inherited descriptor.
+        // All are brief: retry for a moment, and go to the snapshot once an apply is named.
+        let deadline = std::time::Instant::now() + READ_PATIENCE;
+        loop {
+            match Db::open(&paths) {
+                Ok(db) => {
+                    if let Some(found) = db.get::<u64>(Tree::Meta, b"format")?
+                        && found > u64::from(STATE_FORMAT)
+                    {
+                        return Err(StateError::Newer {
+                            path: paths.db(),
+                            found,
+                        });
+                    }
+                    let loaded = load(&db)?;
+                    return Ok(View::from_loaded(
+                        dir.to_path_buf(),
+                        Source::Database,
+                        None,
+                        loaded,
+                    ));
                 }
-                let loaded = load(&db)?;
-                return Ok(View::from_loaded(
-                    dir.to_path_buf(),
-                    Source::Database,
-                    None,
-                    loaded,
-                ));
+                Err(OpenError::Failed(err)) => return Err(err),
+                Err(OpenError::Busy) => {
+                    apply = lock::holder(dir);
+                    if apply.is_some() || std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
             }
-            // An apply opened it an instant ago: its snapshot answers.
-            Err(OpenError::Busy) => {}
-            Err(OpenError::Failed(err)) => return Err(err),
         }
     }
     let state_json = paths.state_json();

@@ -3,3 +3,4 @@
 mod apply;
 mod resume;
 mod stack;
+mod state;

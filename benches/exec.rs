@@ -18,6 +18,37 @@ use std::time::{Duration, Instant};
 
 const RAZAR: &str = env!("CARGO_BIN_EXE_razar");
 
+/// Sizes of one benchmark run. `cargo bench` passes `--bench` and gets the real sizes;
+/// `cargo test` (CI runs `cargo test --all-targets`) runs the same code on tiny sizes, as a
+/// check that the harness still works, in a couple of seconds.
+#[derive(Clone, Copy)]
+struct Scale {
+    nodes: usize,
+    rounds: usize,
+    chain: usize,
+    chain_runs: usize,
+    idle: usize,
+    window: Duration,
+}
+
+const FULL: Scale = Scale {
+    nodes: 2000,
+    rounds: 7,
+    chain: 20,
+    chain_runs: 3,
+    idle: 200,
+    window: Duration::from_secs(10),
+};
+
+const SMOKE: Scale = Scale {
+    nodes: 20,
+    rounds: 1,
+    chain: 3,
+    chain_runs: 1,
+    idle: 5,
+    window: Duration::from_millis(200),
+};
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -28,6 +59,11 @@ fn main() {
         Some("noop") => return,
         _ => {}
     }
+    let scale = if args.iter().any(|a| a == "--bench") {
+        FULL
+    } else {
+        SMOKE
+    };
     let wanted: Vec<&str> = args
         .iter()
         .map(String::as_str)
@@ -37,13 +73,13 @@ fn main() {
     println!("# razar executor benchmarks\n");
     println!("machine: {} CPU(s), {}\n", cpus(), kernel());
     if run("overhead") {
-        overhead();
+        overhead(scale);
     }
     if run("readiness") {
-        readiness();
+        readiness(scale);
     }
     if run("supervision") {
-        supervision();
+        supervision(scale);
     }
 }
 
@@ -95,9 +131,8 @@ fn time(command: &mut Command) -> f64 {
     elapsed
 }
 
-fn overhead() {
-    const NODES: usize = 2000;
-    const RUNS: usize = 7;
+fn overhead(scale: Scale) {
+    let (nodes, rounds) = (scale.nodes, scale.rounds);
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     // A deterministic DAG: node i depends on up to 3 distinct earlier nodes among the previous
@@ -109,7 +144,7 @@ fn overhead() {
         seed ^= seed << 17;
         seed
     };
-    let deps: Vec<Vec<usize>> = (0..NODES)
+    let deps: Vec<Vec<usize>> = (0..nodes)
         .map(|i| {
             let mut ds: Vec<usize> = (0..3.min(i))
                 .map(|_| i - 1 - (next() as usize % i.min(50)))
@@ -123,11 +158,11 @@ fn overhead() {
     let mut yaml = String::from("version: 1\nstate_dir: state\nparallelism: 2\ncomponents:\n");
     let mut ninja = String::from("rule run\n  command = true\n");
     let mut make = String::from(".PHONY: all");
-    for i in 0..NODES {
+    for i in 0..nodes {
         make.push_str(&format!(" n{i}"));
     }
     make.push_str("\nall:");
-    for i in 0..NODES {
+    for i in 0..nodes {
         make.push_str(&format!(" n{i}"));
     }
     make.push('\n');
@@ -210,7 +245,7 @@ fn overhead() {
     }
     let (mut warm, mut cold, mut libs, mut ninjas, mut makes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..RUNS {
+    for _ in 0..rounds {
         cold.push(razar(true));
         warm.push(razar(false));
         libs.push(library());
@@ -238,8 +273,8 @@ fn overhead() {
     if has_make {
         rows.push(("make -j2", makes));
     }
-    println!("## overhead: {NODES} no-op tasks, {edges} dependencies, parallelism 2\n");
-    println!("{RUNS} interleaved rounds, wall time of the whole command\n");
+    println!("## overhead: {nodes} no-op tasks, {edges} dependencies, parallelism 2\n");
+    println!("{rounds} interleaved rounds, wall time of the whole command\n");
     println!("| runner | median | best | median vs ninja |\n| --- | ---: | ---: | ---: |");
     let ninja_median = rows
         .iter()
@@ -304,20 +339,19 @@ fn spawn_time(me: &Path) -> f64 {
     start.elapsed().as_secs_f64() / N as f64
 }
 
-fn readiness() {
-    const SERVICES: usize = 20;
+fn readiness(scale: Scale) {
     const DELAY_MS: u64 = 50;
-    const RUNS: usize = 3;
+    let (services, runs) = (scale.chain, scale.chain_runs);
     let me = std::env::current_exe().expect("own path");
     let spawn = spawn_time(&me);
-    let ideal = SERVICES as f64 * (DELAY_MS as f64 / 1000.0 + spawn);
+    let ideal = services as f64 * (DELAY_MS as f64 / 1000.0 + spawn);
     let mut totals = Vec::new();
     let mut edge_means = Vec::new();
     let mut edge_maxes = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut yaml = String::from("version: 1\nstate_dir: state\nparallelism: 2\ncomponents:\n");
-        for i in 0..SERVICES {
+        for i in 0..services {
             let port = free_port();
             let deps = if i == 0 {
                 "[]".to_owned()
@@ -331,8 +365,8 @@ fn readiness() {
         }
         std::fs::write(dir.path().join("chain.yaml"), yaml).expect("write");
         let (mut child, rx) = spawn_json(dir.path(), &["-c", "chain.yaml", "--until-ready"]);
-        let mut spawned = [0u64; SERVICES];
-        let mut ready = [0u64; SERVICES];
+        let mut spawned = vec![0u64; services];
+        let mut ready = vec![0u64; services];
         let mut boot = 0u64;
         for event in rx.iter() {
             let at = event["at_ms"].as_u64().unwrap_or(0);
@@ -350,19 +384,19 @@ fn readiness() {
         let status = child.wait().expect("wait razar");
         assert!(status.success(), "chain run failed");
         // What each edge adds beyond the service's own 50 ms: spawn, probe detection, scheduling.
-        let edges: Vec<f64> = (1..SERVICES)
+        let edges: Vec<f64> = (1..services)
             .map(|i| (spawned[i] - spawned[i - 1]) as f64 - DELAY_MS as f64)
             .collect();
         edge_means.push(edges.iter().sum::<f64>() / edges.len() as f64);
         edge_maxes.push(edges.iter().copied().fold(0.0, f64::max));
-        totals.push(boot.max(ready[SERVICES - 1]) as f64 / 1000.0);
+        totals.push(boot.max(ready[services - 1]) as f64 / 1000.0);
     }
     let total = median(totals);
     println!(
-        "## readiness: a chain of {SERVICES} services, each listening {DELAY_MS} ms after it starts, tcp probes\n"
+        "## readiness: a chain of {services} services, each listening {DELAY_MS} ms after it starts, tcp probes\n"
     );
     println!(
-        "median of {RUNS} runs; spawn time of the service binary: {:.2} ms\n",
+        "median of {runs} runs; spawn time of the service binary: {:.2} ms\n",
         spawn * 1000.0
     );
     println!("| measure | value |\n| --- | ---: |");
@@ -371,7 +405,7 @@ fn readiness() {
         total
     );
     println!(
-        "| ideal: {SERVICES} × ({DELAY_MS} ms + spawn time) | {:.3} s |",
+        "| ideal: {services} × ({DELAY_MS} ms + spawn time) | {:.3} s |",
         ideal
     );
     println!(
@@ -412,13 +446,12 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn supervision() {
-    const SERVICES: usize = 200;
-    const WINDOW: Duration = Duration::from_secs(10);
+fn supervision(scale: Scale) {
+    let (services, window) = (scale.idle, scale.window);
     let me = std::env::current_exe().expect("own path");
     let dir = tempfile::tempdir().expect("temp dir");
     let mut yaml = String::from("version: 1\nstate_dir: state\nparallelism: 50\ncomponents:\n");
-    for i in 0..SERVICES {
+    for i in 0..services {
         yaml.push_str(&format!(
             "  - {{name: idle{i}, command: [\"{}\", idle]}}\n",
             me.display()
@@ -432,15 +465,15 @@ fn supervision() {
     for event in rx.iter() {
         if event["event"] == "boot_finished" {
             boot_ms = event["elapsed_ms"].as_u64().unwrap_or(0);
-            assert_eq!(event["ready"].as_u64(), Some(SERVICES as u64));
+            assert_eq!(event["ready"].as_u64(), Some(services as u64));
             break;
         }
     }
     let before = cpu_ns(pid);
     let t0 = Instant::now();
-    std::thread::sleep(WINDOW);
+    std::thread::sleep(window);
     let used = cpu_ns(pid) - before;
-    let window = t0.elapsed().as_secs_f64();
+    let measured = t0.elapsed().as_secs_f64();
     let rss = status_kb(pid, "VmRSS:");
     let hwm = status_kb(pid, "VmHWM:");
     let stop = Instant::now();
@@ -450,12 +483,13 @@ fn supervision() {
     let status = child.wait().expect("wait razar");
     let shutdown = stop.elapsed().as_secs_f64();
     assert!(status.success(), "supervision run failed: {status}");
-    assert_eq!(stopped, SERVICES);
+    assert_eq!(stopped, services);
     let _ = std::io::stdout().flush();
     println!(
-        "## supervision: {SERVICES} idle services for {} s\n",
-        WINDOW.as_secs()
+        "## supervision: {services} idle services for {:.1} s\n",
+        window.as_secs_f64()
     );
+    let window = measured;
     println!("| measure | value |\n| --- | ---: |");
     println!(
         "| boot (parallelism 50, 100 ms liveness window each) | {:.3} s |",
@@ -473,7 +507,7 @@ fn supervision() {
     );
     println!("| razar peak RSS | {:.1} MB |", hwm as f64 / 1024.0);
     println!(
-        "| ordered shutdown of all {SERVICES} (SIGINT → exit) | {:.3} s |",
+        "| ordered shutdown of all {services} (SIGINT → exit) | {:.3} s |",
         shutdown
     );
     println!("| whole run | {:.1} s |", started.elapsed().as_secs_f64());

@@ -521,8 +521,10 @@ struct Run<'a> {
     nodes: Vec<Node>,
     /// Topological order of the steps (dependencies first).
     topo: Vec<usize>,
-    /// Steps whose dependencies are met, by plan position: the next to start is the first.
-    ready: BTreeSet<usize>,
+    /// Steps whose dependencies are met, as (rank, step): the next to start is the first.
+    ready: BTreeSet<(usize, usize)>,
+    /// Each step's place in the start order: its plan position, unless a revision moved it.
+    rank: Vec<usize>,
     /// Milestones (no command) whose dependencies are met: completed without a slot.
     milestones: Vec<usize>,
     slots_used: usize,
@@ -602,6 +604,7 @@ impl<'a> Run<'a> {
             nodes,
             topo,
             ready: BTreeSet::new(),
+            rank: (0..plan.steps.len()).collect(),
             milestones: Vec::new(),
             slots_used: 0,
             parallelism,
@@ -833,7 +836,7 @@ impl<'a> Run<'a> {
         if self.step(idx).command.is_none() {
             self.milestones.push(idx);
         } else {
-            self.ready.insert(idx);
+            self.ready.insert((self.rank[idx], idx));
         }
     }
 
@@ -843,7 +846,7 @@ impl<'a> Run<'a> {
             return;
         }
         node.state = State::Blocked;
-        self.ready.remove(&idx);
+        self.ready.remove(&(self.rank[idx], idx));
         self.mark_failed(idx);
         self.settle(idx);
         self.emit(EventKind::Blocked {
@@ -880,7 +883,7 @@ impl<'a> Run<'a> {
             if self.slots_used >= self.parallelism {
                 break;
             }
-            let Some(idx) = self.ready.pop_first() else {
+            let Some((_, idx)) = self.ready.pop_first() else {
                 break;
             };
             if self.nodes[idx].state == State::Queued {
@@ -1050,7 +1053,7 @@ impl<'a> Run<'a> {
                 && self.nodes[idx].serial == serial
             {
                 self.nodes[idx].state = State::Queued;
-                self.ready.insert(idx);
+                self.ready.insert((self.rank[idx], idx));
             }
         }
     }

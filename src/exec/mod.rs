@@ -467,7 +467,7 @@ struct Node {
     settled: bool,
     up_since: Option<Instant>,
     failure: Option<Failure>,
-    /// Spawned at least once in this run (its log is followed).
+    /// Spawned (or adopted) in this run: its log is followed.
     spawned: bool,
 }
 
@@ -1563,6 +1563,7 @@ impl<'a> Run<'a> {
             self.nodes[idx].serial += 1;
             let serial = self.nodes[idx].serial;
             self.nodes[idx].attempts = prior_attempts.max(1);
+            self.nodes[idx].spawned = true;
             self.nodes[idx].state = State::Up;
             self.nodes[idx].up_since = Some(Instant::now());
             self.nodes[idx].live = Some(Live {

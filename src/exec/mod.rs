@@ -42,7 +42,7 @@ pub const LIVENESS_WINDOW: Duration = Duration::from_millis(100);
 /// it, kills its group and starts it afresh.
 const ADOPT_PROBE_WINDOW: Duration = Duration::from_secs(2);
 
-/// How often live log files are checked against the size cap.
+/// How often live log files are checked against the size cap, and daemons for being alive.
 const ROTATE_EVERY: Duration = Duration::from_secs(2);
 
 /// How often `--follow` reads new output.
@@ -439,6 +439,9 @@ struct Live {
     gone: Option<bool>,
     /// Whether an exit will ever be reported (false for an adopted process without pidfd).
     watched: bool,
+    /// A daemonizing service whose launcher exited and left processes running: supervised by
+    /// checking its group (and processes carrying its environment) every few seconds.
+    daemon: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -750,7 +753,10 @@ impl<'a> Run<'a> {
                     std::panic::resume_unwind(err.into_panic());
                 }
                 Wake::Joined(_) => {}
-                Wake::Rotate => self.rotate_logs(),
+                Wake::Rotate => {
+                    self.rotate_logs();
+                    self.check_daemons();
+                }
                 Wake::Follow => self.follow_output(),
             }
         }
@@ -793,7 +799,10 @@ impl<'a> Run<'a> {
             matches!(
                 n.state,
                 State::Waiting | State::Queued | State::Starting | State::Cleanup | State::Backoff
-            ) || (n.state == State::Up && n.live.as_ref().is_some_and(|l| l.exited.is_none()))
+            ) || (n.state == State::Up
+                && n.live
+                    .as_ref()
+                    .is_some_and(|l| l.exited.is_none() || l.daemon))
         })
     }
 
@@ -955,6 +964,7 @@ impl<'a> Run<'a> {
             stopping: false,
             gone: None,
             watched: true,
+            daemon: false,
         });
         self.emit(EventKind::Spawned {
             component: step.name.clone(),
@@ -1033,6 +1043,64 @@ impl<'a> Run<'a> {
         });
         self.settle(idx);
         self.reach(idx, Level::Ready);
+        self.note_daemon(idx);
+    }
+
+    /// After a daemonizing service's launcher exited (and the service is up): if it left
+    /// processes running, supervise them; if it left nothing (a command that only reports, as
+    /// ABZU's boot_config entries do), there is nothing to supervise.
+    fn note_daemon(&mut self, idx: usize) {
+        let Some(live) = &self.nodes[idx].live else {
+            return;
+        };
+        if !self.step(idx).daemonizes || live.exited.is_none() || live.daemon {
+            return;
+        }
+        let pgid = live.pgid;
+        let remains = sys::group_alive(pgid) || !self.strays(idx, pgid).is_empty();
+        if let Some(live) = self.nodes[idx].live.as_mut() {
+            live.daemon = remains;
+        }
+    }
+
+    /// Supervision of daemons: one whose processes are all gone has exited.
+    fn check_daemons(&mut self) {
+        for idx in 0..self.nodes.len() {
+            let Some(live) = &self.nodes[idx].live else {
+                continue;
+            };
+            if self.nodes[idx].state != State::Up || !live.daemon || live.stopping {
+                continue;
+            }
+            let pgid = live.pgid;
+            if sys::group_alive(pgid) || !self.strays(idx, pgid).is_empty() {
+                continue;
+            }
+            let uptime = self.nodes[idx]
+                .up_since
+                .map_or(Duration::ZERO, |t| t.elapsed());
+            self.emit(EventKind::Exited {
+                component: self.step(idx).name.clone(),
+                exit: ExitInfo {
+                    code: None,
+                    signal: None,
+                },
+                uptime_ms: uptime.as_millis() as u64,
+            });
+            self.nodes[idx].failure = Some(Failure {
+                reason: format!(
+                    "its daemon is gone after {} up",
+                    crate::duration::display(uptime)
+                ),
+                exit: None,
+            });
+            self.nodes[idx].state = State::Cleanup;
+            if uptime >= self.step(idx).restart.backoff.reset_after {
+                self.nodes[idx].up_since = None;
+                self.nodes[idx].attempts = 0;
+            }
+            self.after_process(idx);
+        }
     }
 
     fn release_slot(&mut self, idx: usize) {
@@ -1166,7 +1234,7 @@ impl<'a> Run<'a> {
                     exit,
                 },
             ),
-            State::Up if step.daemonizes && success => {}
+            State::Up if step.daemonizes && success => self.note_daemon(idx),
             State::Up => {
                 let uptime = self.nodes[idx]
                     .up_since
@@ -1575,6 +1643,7 @@ impl<'a> Run<'a> {
                 stopping: false,
                 gone: None,
                 watched,
+                daemon: false,
             });
             self.emit(EventKind::Adopted {
                 component: self.step(idx).name.clone(),

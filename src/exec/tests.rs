@@ -821,3 +821,79 @@ async fn leftovers_are_stopped_dependents_first_even_across_a_gap() {
     let _ = db.wait();
     let _ = web.wait();
 }
+
+#[tokio::test]
+async fn a_daemon_left_by_its_launcher_is_supervised_and_restarted_when_it_dies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let marker = d.join("daemon-up");
+    let mut launcher = service(
+        "launcher",
+        &format!("(touch {}; exec sleep 30) & exit 0", marker.display()),
+    );
+    launcher.daemonizes = true;
+    launcher.ready = Some(file_probe(&marker));
+    launcher.restart.policy = RestartMode::OnFailure;
+    launcher.restart.max_attempts = 5;
+    // A boot_config-style entry that reports and leaves nothing: nothing to supervise.
+    let mut reporter = service("reporter", "echo done");
+    reporter.daemonizes = true;
+    let plan = plan(d, 2, vec![launcher, reporter]);
+    let shutdown = Shutdown::new();
+    let collect = event::Collect::default();
+    let mut sink = collect.clone();
+    let watcher = collect.clone();
+    let stopper = shutdown.clone();
+    let driver = async move {
+        let count = |pick: fn(&EventKind) -> bool| {
+            watcher
+                .0
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|e| pick(&e.kind))
+                .count()
+        };
+        while count(|k| matches!(k, EventKind::BootFinished { .. })) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let pgid = watcher
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .find_map(|e| match &e.kind {
+                EventKind::Spawned {
+                    component, pgid, ..
+                } if component == "launcher" => Some(*pgid),
+                _ => None,
+            })
+            .expect("launcher spawned");
+        sys::signal_group(pgid, libc::SIGKILL).expect("kill the daemon");
+        while count(|k| matches!(k, EventKind::Ready { component, .. } if component == "launcher"))
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stopper.signal_received();
+        std::future::pending::<()>().await;
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            outcome = run(&plan, Options::new("t"), shutdown.clone(), &mut sink) => outcome,
+            () = driver => unreachable!("the driver never ends"),
+        }
+    })
+    .await
+    .expect("the run ends")
+    .expect("valid plan");
+    assert_eq!(outcome, Outcome::Success);
+    let events = collect.0.lock().expect("lock").clone();
+    let exited = position(&events, is("exited", "launcher"));
+    assert!(position(&events, is("restart_scheduled", "launcher")) > exited);
+    assert_eq!(
+        names(&events, |k| matches!(k, EventKind::Exited { .. })),
+        vec!["launcher"]
+    );
+    assert!(leftovers(d).is_empty(), "{:?}", leftovers(d));
+}

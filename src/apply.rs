@@ -139,6 +139,8 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     let (mut plan, store) = match &request.plan_file {
         Some(path) => {
             let plan = load_saved_plan(path)?;
+            // A broken plan file is refused before the state directory is touched.
+            check(&plan)?;
             let store = Store::open(&plan.state_dir)?;
             (plan, store)
         }
@@ -147,12 +149,7 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     if let Some(parallelism) = request.parallelism {
         plan.parallelism = parallelism;
     }
-    exec::check(&plan).map_err(|problems| {
-        Error::Usage(format!(
-            "the plan cannot be executed:\n  {}",
-            problems.join("\n  ")
-        ))
-    })?;
+    check(&plan)?;
     if !request.resume {
         refuse_leftovers(&plan)?;
     }
@@ -214,6 +211,15 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
             "cannot install the signal handlers: {err}"
         ))),
     }
+}
+
+fn check(plan: &Plan) -> Result<(), Error> {
+    exec::check(plan).map_err(|problems| {
+        Error::Usage(format!(
+            "the plan cannot be executed:\n  {}",
+            problems.join("\n  ")
+        ))
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {

@@ -553,6 +553,26 @@ fn a_saved_plan_runs_as_saved_and_is_refused_once_stale() {
     );
     assert!(!stack.path().join("hello.txt").exists(), "nothing ran");
 
+    // A hand-edited plan that cannot run is refused before the state directory is touched.
+    let fresh = Stack::new("components:\n  - name: hello\n    kind: task\n    command: \"true\"\n");
+    let plan = fresh.run(&["plan", "-c", "razar.yaml", "-o", "plan.json"]);
+    assert_eq!(plan.status.code(), Some(0));
+    let mut edited: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fresh.path().join("plan.json")).expect("plan"),
+    )
+    .expect("plan JSON");
+    edited["steps"][0]["depends_on"] =
+        serde_json::json!([{"name": "ghost", "condition": "completed"}]);
+    std::fs::write(fresh.path().join("plan.json"), edited.to_string()).expect("write");
+    let refused = fresh.apply_plan_file("plan.json");
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("`ghost`, which is not in the plan"),
+        "{stderr}"
+    );
+    assert!(!fresh.state().exists(), "nothing written");
+
     // A plan file with targets, or something that is not a plan, is a usage error.
     let mixed = stack.run(&["apply", "plan.json", "hello"]);
     assert_eq!(mixed.status.code(), Some(2));

@@ -426,6 +426,8 @@ fn describe(event: &Event, width: usize, screen: &Screen, live: bool) -> Vec<Str
             format!("  {detail}")
         };
         format!("{at} {verb} {name:<width$}{detail}")
+            .trim_end()
+            .to_owned()
     };
     let tail = |lines: &[String]| -> Vec<String> {
         lines

@@ -19,6 +19,8 @@ pub struct Graph {
     config: Config,
     /// Node weight: index into `config.components`. Edge `a -> b`: b depends on a.
     dag: DiGraph<usize, Condition>,
+    /// Component indices in a topological order (every dependency before its dependents).
+    topo: Vec<usize>,
     /// Longest number of edges from a root to each node (its wave), by component index.
     waves: Vec<usize>,
 }
@@ -44,6 +46,11 @@ impl Graph {
         self.dag.edge_count()
     }
 
+    /// Every component index, each after all of its dependencies.
+    pub fn topological(&self) -> &[usize] {
+        &self.topo
+    }
+
     /// The wave (depth) of component `i`: 0 for roots, else 1 + the deepest dependency.
     pub fn wave(&self, i: usize) -> usize {
         self.waves[i]
@@ -64,7 +71,7 @@ impl Graph {
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.config.components.iter().position(|c| c.name == name)
+        self.config.index_of(name)
     }
 
     /// The targets plus everything they transitively depend on, as a sorted index set.
@@ -74,12 +81,11 @@ impl Graph {
             return Ok((0..self.len()).collect());
         }
         let mut diags = Diagnostics::new();
-        let by_name = self.name_index();
         let mut selected = BTreeSet::new();
         let mut stack = Vec::new();
         for target in targets {
-            match by_name.get(target.as_str()) {
-                Some(&i) => stack.push(i),
+            match self.index_of(target) {
+                Some(i) => stack.push(i),
                 None => {
                     let mut problem = Problem::file(
                         std::path::Path::new("command line"),
@@ -102,15 +108,6 @@ impl Graph {
             }
         }
         Ok(selected)
-    }
-
-    fn name_index(&self) -> HashMap<&str, usize> {
-        self.config
-            .components
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.as_str(), i))
-            .collect()
     }
 
     /// Graphviz dot of the selected components, edges labelled with non-default conditions.
@@ -234,73 +231,35 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
     for source in &config.sources {
         diags.add_source(&source.path, source.text.clone());
     }
-    let by_name: HashMap<&str, usize> = config
-        .components
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.as_str(), i))
-        .collect();
-    let mut dag: DiGraph<usize, Condition> =
-        DiGraph::with_capacity(config.components.len(), config.components.len() * 3);
+    let edges: usize = config.components.iter().map(|c| c.depends_on.len()).sum();
+    let mut dag: DiGraph<usize, Condition> = DiGraph::with_capacity(config.components.len(), edges);
     for i in 0..config.components.len() {
         dag.add_node(i);
     }
+    // Dependency indices already added for the current component (lists are short).
+    let mut seen: Vec<usize> = Vec::new();
     for (i, component) in config.components.iter().enumerate() {
-        let mut seen = BTreeSet::new();
+        seen.clear();
         for (k, dep) in component.depends_on.iter().enumerate() {
-            let field = dependency_field(component, k);
-            if dep.name == component.name {
-                diags.push(
-                    config::problem_at(
-                        &config,
-                        &component.origin,
-                        &field,
-                        format!("`{}` depends on itself", component.name),
-                    )
-                    .with_hint("remove it from its own depends_on"),
-                );
-                continue;
-            }
-            let Some(&d) = by_name.get(dep.name.as_str()) else {
-                let mut problem = config::problem_at(
-                    &config,
-                    &component.origin,
-                    &field,
-                    format!(
-                        "`{}` depends on unknown component `{}`",
-                        component.name, dep.name
-                    ),
-                );
-                problem =
-                    match nearest(&dep.name, config.components.iter().map(|c| c.name.as_str())) {
-                        Some(near) => problem.with_hint(format!("did you mean `{near}`?")),
-                        None => problem.with_hint("declare it, or remove the dependency"),
-                    };
+            if let Some(problem) = check_dependency(&config, component, k, &seen) {
                 diags.push(problem);
                 continue;
-            };
-            if dep.condition == Condition::Completed && config.components[d].kind == Kind::Service {
-                diags.push(
-                    config::problem_at(
-                        &config,
-                        &component.origin,
-                        &field,
-                        format!(
-                            "`{}` waits for service `{}` to be `completed`, which a service never is",
-                            component.name, dep.name
-                        ),
-                    )
-                    .with_hint(format!("use `ready` (or `started`), or declare `{}` with `kind: task`", dep.name)),
-                );
-                continue;
             }
-            if !seen.insert(d) {
-                continue;
-            }
+            let d = config
+                .index_of(&dep.name)
+                .expect("check_dependency refused unknown names");
+            seen.push(d);
             dag.add_edge(NodeIndex::new(d), NodeIndex::new(i), dep.condition);
         }
     }
-    for cycle in cycles(&dag) {
+    // Sorting succeeds on every valid config; cycles are only searched for when it fails.
+    let sorted = petgraph::algo::toposort(&dag, None).ok();
+    let cycles = if sorted.is_none() {
+        cycles(&dag)
+    } else {
+        Vec::new()
+    };
+    for cycle in cycles {
         let names: Vec<&str> = cycle
             .iter()
             .map(|&i| config.components[i].name.as_str())
@@ -312,7 +271,7 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
             .depends_on
             .iter()
             .position(|d| d.name == config.components[from].name)
-            .unwrap_or(0);
+            .expect("every cycle edge comes from a depends_on entry");
         let mut path = names.join(" -> ");
         path.push_str(" -> ");
         path.push_str(names[0]);
@@ -324,14 +283,79 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
                 format!("dependency cycle: {path}"),
             )
             .with_hint(format!(
-                "remove the dependency of `{}` on `{}` (or another edge of the cycle) to break it",
+                "remove the dependency of `{}` on `{}` to break this cycle",
                 config.components[to].name, config.components[from].name
             )),
         );
     }
     diags.into_result()?;
-    let waves = waves(&dag);
-    Ok(Graph { config, dag, waves })
+    let sorted = sorted.expect("a graph without problems has no cycle, so it sorts");
+    let (topo, waves) = waves(&dag, sorted);
+    Ok(Graph {
+        config,
+        dag,
+        topo,
+        waves,
+    })
+}
+
+/// The problem with the k-th dependency of `component`, if any: a self-dependency, an
+/// unknown name, a repeated entry, or a condition the dependency can never reach.
+fn check_dependency(
+    config: &Config,
+    component: &Component,
+    k: usize,
+    seen: &[usize],
+) -> Option<Problem> {
+    let dep = &component.depends_on[k];
+    let at = |message: String| {
+        config::problem_at(
+            config,
+            &component.origin,
+            &dependency_field(component, k),
+            message,
+        )
+    };
+    if dep.name == component.name {
+        return Some(
+            at(format!("`{}` depends on itself", component.name))
+                .with_hint("remove it from its own depends_on"),
+        );
+    }
+    let Some(d) = config.index_of(&dep.name) else {
+        let problem = at(format!(
+            "`{}` depends on unknown component `{}`",
+            component.name, dep.name
+        ));
+        let names = config.components.iter().map(|c| c.name.as_str());
+        return Some(match nearest(&dep.name, names) {
+            Some(near) => problem.with_hint(format!("did you mean `{near}`?")),
+            None => problem.with_hint("declare it, or remove the dependency"),
+        });
+    };
+    if seen.contains(&d) {
+        return Some(
+            at(format!(
+                "`{}` lists dependency `{}` twice",
+                component.name, dep.name
+            ))
+            .with_hint("keep one entry"),
+        );
+    }
+    let target = &config.components[d];
+    if dep.condition == Condition::Completed && target.kind == Kind::Service {
+        return Some(
+            at(format!(
+                "`{}` waits for service `{}` to be `completed`, which a service never is",
+                component.name, dep.name
+            ))
+            .with_hint(format!(
+                "use `ready` (or `started`), or declare `{}` with `kind: task`",
+                dep.name
+            )),
+        );
+    }
+    None
 }
 
 /// Where the k-th dependency is written: `/depends_on/k` in a list, `/depends_on/name` in a
@@ -389,10 +413,10 @@ fn cycles(dag: &DiGraph<usize, Condition>) -> Vec<Vec<usize>> {
     out
 }
 
-fn waves(dag: &DiGraph<usize, Condition>) -> Vec<usize> {
-    let order = petgraph::algo::toposort(dag, None).expect("cycles were rejected above");
+/// The topological `order` as component indices, and each component's wave.
+fn waves(dag: &DiGraph<usize, Condition>, order: Vec<NodeIndex>) -> (Vec<usize>, Vec<usize>) {
     let mut waves = vec![0usize; dag.node_count()];
-    for node in order {
+    for &node in &order {
         let wave = dag
             .neighbors_directed(node, Direction::Incoming)
             .map(|d| waves[dag[d]] + 1)
@@ -400,7 +424,7 @@ fn waves(dag: &DiGraph<usize, Condition>) -> Vec<usize> {
             .unwrap_or(0);
         waves[dag[node]] = wave;
     }
-    waves
+    (order.into_iter().map(|node| dag[node]).collect(), waves)
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::locate::Locator;
-use super::native::pointer_of;
 use super::{Command, Decl, Kind, Origin, Parsed, Probe, ProbeCheck, Stop, native};
 use crate::diag::Diagnostics;
 
@@ -28,13 +27,7 @@ fn typed<T: for<'de> Deserialize<'de>>(
     locator: &Locator,
     diags: &mut Diagnostics,
 ) -> Option<T> {
-    serde_path_to_error::deserialize(value)
-        .map_err(|err| {
-            let pointer = pointer_of(err.path());
-            let text = locator.text();
-            diags.push(locator.problem(path, &text, &pointer, err.inner().to_string()));
-        })
-        .ok()
+    native::typed(path, &locator.text(), value, locator, diags)
 }
 
 #[derive(Deserialize)]
@@ -185,18 +178,10 @@ pub fn layer_task(layer: &str) -> String {
 pub(crate) fn parse_razar_env(
     path: &Path,
     value: Value,
+    locator: &Locator,
     diags: &mut Diagnostics,
 ) -> Option<Parsed> {
-    let env: RazarEnv = match serde_path_to_error::deserialize(value) {
-        Ok(env) => env,
-        Err(err) => {
-            diags.push(crate::diag::Problem::file(
-                path,
-                format!("{} at {}", err.inner(), pointer_of(err.path())),
-            ));
-            return None;
-        }
-    };
+    let env: RazarEnv = typed(path, value, locator, diags)?;
     let decls = env
         .layers
         .into_iter()

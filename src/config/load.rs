@@ -9,10 +9,12 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::document::{Document, ParseError};
 use super::locate::Locator;
 use super::{
     Backoff, Component, Condition, Config, Crown, Decl, Dependency, Format, Kind, Origin, Parsed,
-    Restart, RestartMode, Stop, Text, abzu, blueprint, native, normalize, schema, valid_name,
+    Restart, RestartMode, Stop, Text, abzu, blueprint, document, native, normalize, schema,
+    valid_name,
 };
 use crate::diag::{Diagnostics, Problem};
 
@@ -119,11 +121,11 @@ pub fn load_partial(paths: &[PathBuf]) -> (Option<Config>, Diagnostics) {
             continue;
         };
         diags.add_source(path, text.clone());
-        let Some(format) = detect(path, &text, &mut diags) else {
+        let Some((format, input)) = parse(path, &text, &mut diags) else {
             continue;
         };
-        let source = SourceFile::new(path.clone(), format, text);
-        if let Some(result) = parse_source(&source, &mut diags) {
+        let source = SourceFile::new(path.clone(), format, text.clone());
+        if let Some(result) = convert(&source, input, &mut diags) {
             parsed.push((sources.len(), result));
         }
         sources.push(source);
@@ -147,17 +149,24 @@ fn read(path: &Path, diags: &mut Diagnostics) -> Option<Text> {
         }
     };
     if meta.is_dir() {
-        diags.push(Problem::file(path, "is a directory, not a config file"));
+        diags.push(
+            Problem::file(path, "is a directory, not a config file")
+                .with_hint("pass the config file itself, e.g. `-c config/razar.yaml`"),
+        );
         return None;
     }
     if meta.len() > MAX_FILE_BYTES {
-        diags.push(Problem::file(
-            path,
-            format!(
-                "config is {} MiB; razar reads files up to 64 MiB",
-                meta.len() / (1024 * 1024)
-            ),
-        ));
+        diags.push(
+            Problem::file(
+                path,
+                format!(
+                    "config is {} MiB; razar reads files up to {} MiB",
+                    meta.len() / (1024 * 1024),
+                    MAX_FILE_BYTES / (1024 * 1024)
+                ),
+            )
+            .with_hint("split the components over several files and pass each with -c"),
+        );
         return None;
     }
     let bytes = match std::fs::read(path) {
@@ -201,11 +210,16 @@ fn read(path: &Path, diags: &mut Diagnostics) -> Option<Text> {
                     1,
                     format!("config is not UTF-8 text (invalid byte at offset {offset})"),
                 )
-                .with_hint("save the file as UTF-8"),
+                .with_hint("save the file as UTF-8, or pass a YAML, JSON or Markdown config"),
             );
             None
         }
     }
+}
+
+/// Whether a file is read as JSON (by its extension) rather than YAML.
+pub(crate) fn is_json(path: &Path) -> bool {
+    file_name(path).ends_with(".json")
 }
 
 fn file_name(path: &Path) -> String {
@@ -214,34 +228,74 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Detects the format from the file name, then from the content.
-fn detect(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Format> {
+/// A parsed input: Markdown is read line by line by its own parser, every other format is a
+/// YAML or JSON document.
+enum Input<'a> {
+    Markdown,
+    Data(Document<'a>),
+}
+
+/// The format a file name announces (ABZU's files keep their names), if any.
+fn format_by_name(path: &Path) -> Option<Format> {
     let name = file_name(path);
     let stem = name
         .rsplit_once('.')
         .map_or(name.as_str(), |(stem, _)| stem);
-    let by_name = match stem {
+    match stem {
         "boot_config" => Some(Format::BootConfig),
         "razar_config" => Some(Format::RazarConfig),
         "razar_env" => Some(Format::RazarEnv),
         "component_priorities" => Some(Format::Priorities),
         _ if name.ends_with(".md") || name.ends_with(".markdown") => Some(Format::Blueprint),
         _ => None,
-    };
-    if by_name.is_some() {
-        return by_name;
     }
-    // By content: parse loosely and look at the top-level keys.
-    let value: Option<Value> = serde_yaml::from_str(text).ok();
-    let Some(Value::Object(map)) = value else {
-        // Not a mapping (or not parsable): the native parser reports the precise error.
-        return Some(Format::Native);
+}
+
+/// Reads a file's text once: detects the format from the name, else from the content (a
+/// blueprint's heading, or the top-level keys of the parsed document).
+fn parse<'a>(path: &Path, text: &'a str, diags: &mut Diagnostics) -> Option<(Format, Input<'a>)> {
+    let by_name = format_by_name(path);
+    if by_name == Some(Format::Blueprint)
+        || (by_name.is_none() && blueprint::has_startup_order(text))
+    {
+        return Some((Format::Blueprint, Input::Markdown));
+    }
+    let mut document = match document::parse(text, is_json(path)) {
+        Ok(Ok(document)) => document,
+        Ok(Err(other)) => {
+            diags.push(not_a_mapping(path, text, &other));
+            return None;
+        }
+        Err(err) => {
+            diags.push(parse_problem(path, text, err));
+            return None;
+        }
     };
-    let has_health_check = map
-        .get("components")
-        .and_then(Value::as_array)
-        .is_some_and(|items| items.iter().any(|c| c.get("health_check").is_some()));
-    let format = if map.contains_key("layers") && !map.contains_key("components") {
+    let format = match by_name {
+        Some(format) => format,
+        None => detect(path, text, &mut document, diags)?,
+    };
+    Some((format, Input::Data(document)))
+}
+
+/// Detects the format of a document whose file name says nothing, from its top-level keys
+/// (and its first component).
+fn detect(
+    path: &Path,
+    text: &str,
+    document: &mut Document<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Format> {
+    let first = match document.first_item() {
+        Ok(first) => first,
+        Err(err) => {
+            diags.push(parse_problem(path, text, err));
+            return None;
+        }
+    };
+    let map = &document.header;
+    let has_health_check = first.is_some_and(|c| c.get("health_check").is_some());
+    let format = if map.contains_key("layers") && !document.has_list() {
         Format::RazarEnv
     } else if has_health_check {
         Format::BootConfig
@@ -250,7 +304,7 @@ fn detect(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Format> {
         .any(|k| map.contains_key(*k))
     {
         Format::RazarConfig
-    } else if map.contains_key("components") || map.contains_key("version") {
+    } else if document.has_list() || map.contains_key("components") || map.contains_key("version") {
         Format::Native
     } else if !map.is_empty()
         && map.values().all(|v| {
@@ -270,61 +324,107 @@ fn detect(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Format> {
     Some(format)
 }
 
-/// Parses YAML or JSON text into a JSON value, reporting syntax errors with their position.
-fn parse_value(source: &SourceFile, diags: &mut Diagnostics) -> Option<Value> {
-    let path = &source.path;
-    let text = &source.text;
-    let is_json = file_name(path).ends_with(".json");
-    let result = if is_json {
-        serde_json::from_str::<Value>(text).map_err(|err| {
-            let problem = Problem::at(
-                path,
-                text,
-                err.line(),
-                err.column(),
-                1,
-                format!("invalid JSON: {err}"),
-            );
-            problem.with_hint("fix the syntax at this position")
-        })
-    } else {
-        serde_yaml::from_str::<Value>(text).map_err(|err| {
-            let message = format!("invalid YAML: {err}");
-            let problem = match err.location() {
-                Some(loc) => Problem::at_offset(path, text, loc.index(), 1, message),
-                None => Problem::file(path, message),
-            };
-            problem.with_hint("fix the syntax at this position")
-        })
+/// The problem with a document whose top level is not a mapping.
+fn not_a_mapping(path: &Path, text: &str, value: &Value) -> Problem {
+    let kind = match value {
+        Value::Null => "empty (only comments)",
+        Value::Array(_) => "a list",
+        _ => "a single value",
     };
-    match result {
-        Ok(Value::Object(map)) => Some(Value::Object(map)),
-        Ok(other) => {
-            let kind = match other {
-                Value::Null => "empty",
-                Value::Array(_) => "a list",
-                _ => "a single value",
-            };
-            diags.push(
-                Problem::file(path, format!("config is {kind}, expected a mapping"))
-                    .with_hint("a razar config starts with top-level keys such as `components:`"),
-            );
-            None
+    let first = first_content_line(text);
+    let line_len = text.lines().nth(first - 1).map_or(1, str::len);
+    Problem::at(
+        path,
+        text,
+        first,
+        1,
+        line_len,
+        format!("config is {kind}, expected a mapping"),
+    )
+    .with_hint("a razar config starts with top-level keys such as `components:`")
+}
+
+/// 1-based number of the first line that is neither blank nor a comment (1 if none).
+fn first_content_line(text: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#') && t != "---"
+        })
+        .map_or(1, |i| i + 1)
+}
+
+/// yaml_serde ends messages with " at line L column C"; the problem shows its own position
+/// (which for a duplicate key is more precise), so the suffix goes.
+fn without_position(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(at)
+            if message[at + 9..]
+                .split(" column ")
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            &message[..at]
         }
-        Err(problem) => {
-            diags.push(problem);
-            None
-        }
+        _ => message,
     }
 }
 
-fn parse_source(source: &SourceFile, diags: &mut Diagnostics) -> Option<Parsed> {
+/// A syntax error as a located problem, with a hint fitting its cause.
+pub(super) fn parse_problem(path: &Path, text: &str, err: ParseError) -> Problem {
+    let (message, offset) = match &err {
+        ParseError::Json(err) => (
+            format!("invalid JSON: {err}"),
+            (err.line() > 0).then(|| crate::diag::offset_of(text, err.line(), err.column())),
+        ),
+        ParseError::Yaml(err) => (
+            format!("invalid YAML: {}", without_position(&err.to_string())),
+            err.location().map(|loc| loc.index()),
+        ),
+    };
+    let hint = if message.contains("recursion limit") {
+        "nesting is limited to 128 levels; a config never needs that many"
+    } else if message.contains("repetition limit") {
+        "anchors and aliases expand to too many nodes (an alias bomb?); write the values out"
+    } else if message.contains("unknown anchor") {
+        "define the anchor (`&name`) before the alias (`*name`) that uses it"
+    } else if message.contains(document::DUPLICATE_KEY) {
+        "each key may appear once per mapping; remove or merge the repeated one"
+    } else {
+        "fix the syntax at this position"
+    };
+    // The parser places a duplicate key at its mapping; point at the repeated key itself.
+    let offset = if message.contains(document::DUPLICATE_KEY) {
+        Locator::new(Arc::from(text))
+            .first_duplicate_key()
+            .or(offset)
+    } else {
+        offset
+    };
+    let problem = match offset {
+        Some(offset) => Problem::at_offset(path, text, offset, 1, message),
+        None => Problem::file(path, message),
+    };
+    problem.with_hint(hint)
+}
+
+/// Checks a parsed document against its schema, then converts it into declarations.
+fn convert(source: &SourceFile, input: Input<'_>, diags: &mut Diagnostics) -> Option<Parsed> {
     let path = &source.path;
     let text = &source.text;
-    if source.format == Format::Blueprint {
-        return blueprint::parse(path, text, diags);
+    let document = match input {
+        Input::Markdown => return blueprint::parse(path, text, diags),
+        Input::Data(document) => document,
+    };
+    if source.format == Format::Native {
+        return native::read(path, text, document, &source.locator, diags);
     }
-    let value = parse_value(source, diags)?;
+    let value = match document.into_value() {
+        Ok(value) => value,
+        Err(err) => {
+            diags.push(parse_problem(path, text, err));
+            return None;
+        }
+    };
     let problems = schema::validate(source.format, &value);
     if !problems.is_empty() {
         for (pointer, message) in problems {
@@ -333,20 +433,22 @@ fn parse_source(source: &SourceFile, diags: &mut Diagnostics) -> Option<Parsed> 
                     .locator
                     .problem(path, text, &pointer, message)
                     .with_hint(format!(
-                        "see the {} schema in schemas/",
-                        source.format.describe()
+                        "see the {} schema, {}",
+                        source.format.describe(),
+                        source.format.schema_file()
                     )),
             );
         }
         return None;
     }
     match source.format {
-        Format::Native => native::parse(path, text, value, &source.locator, diags),
         Format::BootConfig => abzu::parse_boot_config(path, value, &source.locator, diags),
         Format::RazarConfig => abzu::parse_razar_config(path, value, &source.locator, diags),
-        Format::RazarEnv => abzu::parse_razar_env(path, value, diags),
+        Format::RazarEnv => abzu::parse_razar_env(path, value, &source.locator, diags),
         Format::Priorities => abzu::parse_priorities(path, value, &source.locator, diags),
-        Format::Blueprint => unreachable!("blueprints are parsed above"),
+        Format::Native | Format::Blueprint => {
+            unreachable!("native documents and blueprints are read above")
+        }
     }
 }
 
@@ -355,6 +457,9 @@ struct Merged {
     decl: Decl,
     /// Index of the source that declared the component first.
     first: usize,
+    /// Index of the source that declared it last (a second declaration in the same file
+    /// is a duplicate).
+    last_src: usize,
     /// Which source set each field, for conflict messages.
     set_by: HashMap<String, usize>,
 }
@@ -374,7 +479,10 @@ fn merge(
     let mut crown: Option<(Crown, usize)> = None;
     let mut merged: Vec<Merged> = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
-    let mut by_normalized: HashMap<String, usize> = HashMap::new();
+    let mut by_normalized: Option<HashMap<String, usize>> = sources
+        .iter()
+        .any(|s| matches!(s.format, Format::Priorities | Format::Blueprint))
+        .then(HashMap::new);
     let mut layers: BTreeMap<String, String> = BTreeMap::new();
 
     for (src, mut file) in parsed {
@@ -427,7 +535,6 @@ fn merge(
         }
         implied_stages(&mut file.decls);
         let metadata = matches!(source.format, Format::Priorities | Format::Blueprint);
-        let mut seen_here: HashMap<String, usize> = HashMap::new();
         for mut decl in file.decls {
             // Per-file defaults.
             if decl.command.is_some() {
@@ -447,55 +554,56 @@ fn merge(
                 layers.insert(layer.clone(), decl.name.clone());
             }
             if !valid_name(&decl.name) {
-                diags.push(
-                    problem_in(source, &decl.origin, "/name", format!("invalid component name `{}`", decl.name.escape_debug()))
-                        .with_hint("names may use only A-Z a-z 0-9 _ . - (1 to 64 characters), because they become file names"),
-                );
+                diags.push(invalid_name(source, &decl));
                 continue;
             }
-            if let Some(&first) = seen_here.get(&decl.name) {
-                let first_origin = &merged[first].decl.origin;
-                diags.push(
-                    problem_in(
-                        source,
-                        &decl.origin,
-                        "/name",
-                        format!("duplicate component name `{}`", decl.name),
-                    )
-                    .with_hint(format!(
-                        "`{}` is already declared at {}; rename one of them",
-                        decl.name,
-                        line_of(&sources, first_origin)
-                    )),
+            // Metadata titles ("Memory Store") match config names (`memory_store`) by
+            // normalisation; configs without metadata files never pay for that.
+            let key = by_normalized.as_ref().map(|_| normalize(&decl.name));
+            let normalized_match = |merged: &[Merged]| {
+                let i = *by_normalized.as_ref()?.get(key.as_ref()?)?;
+                let other_is_metadata = matches!(
+                    sources[merged[i].first].format,
+                    Format::Priorities | Format::Blueprint
                 );
-                continue;
-            }
-            let key = normalize(&decl.name);
+                (metadata || other_is_metadata).then_some(i)
+            };
             let existing = by_name
                 .get(&decl.name)
                 .copied()
-                .or_else(|| metadata.then(|| by_normalized.get(&key).copied()).flatten())
-                .or_else(|| {
-                    by_normalized.get(&key).copied().filter(|&i| {
-                        matches!(
-                            sources_of(&sources, &merged[i].decl.origin),
-                            Some(Format::Priorities | Format::Blueprint)
-                        )
-                    })
-                });
+                .or_else(|| normalized_match(&merged));
             match existing {
+                // The same file naming one component twice is a duplicate, not a merge.
+                Some(i) if merged[i].last_src == src => {
+                    let first_origin = &merged[i].decl.origin;
+                    diags.push(
+                        problem_in(
+                            source,
+                            &decl.origin,
+                            "/name",
+                            format!("duplicate component name `{}`", decl.name),
+                        )
+                        .with_hint(format!(
+                            "`{}` is already declared at {}; rename or remove one of them",
+                            merged[i].decl.name,
+                            line_of(&sources, first_origin)
+                        )),
+                    );
+                }
                 Some(i) => {
-                    seen_here.insert(decl.name.clone(), i);
+                    merged[i].last_src = src;
                     merge_into(&mut merged[i], decl, src, &sources, diags);
                 }
                 None => {
                     let index = merged.len();
                     by_name.insert(decl.name.clone(), index);
-                    by_normalized.entry(key).or_insert(index);
-                    seen_here.insert(decl.name.clone(), index);
+                    if let (Some(map), Some(key)) = (&mut by_normalized, key) {
+                        map.entry(key).or_insert(index);
+                    }
                     merged.push(Merged {
                         decl,
                         first: src,
+                        last_src: src,
                         set_by: HashMap::new(),
                     });
                 }
@@ -504,15 +612,26 @@ fn merge(
     }
     // Stage-implied edges were computed per file with that file's names; metadata names may
     // since have been matched to other spellings, so map them through the merge.
-    let canonical: HashMap<String, String> = merged
-        .iter()
-        .map(|m| (normalize(&m.decl.name), m.decl.name.clone()))
-        .collect();
+    let canonical: HashMap<String, String> = if by_normalized.is_some() {
+        merged
+            .iter()
+            .map(|m| (normalize(&m.decl.name), m.decl.name.clone()))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let state_dir = state_dir.map_or_else(|| first_dir.join(".razar"), |(d, _)| d);
     let state_dir = absolutize(&std::env::current_dir().unwrap_or_default(), &state_dir);
-    let components = merged
-        .into_iter()
-        .map(|m| resolve(m, &canonical, &layers))
+    // Pushed into an exact-size vector: collecting in place would keep the larger
+    // `Merged` allocation (grown by doubling) alive for the config's lifetime.
+    let mut components: Vec<Component> = Vec::with_capacity(merged.len());
+    for m in merged {
+        components.push(resolve(m, &canonical, &layers));
+    }
+    let by_name = components
+        .iter()
+        .enumerate()
+        .map(|(i, c): (usize, &Component)| (c.name.clone(), i))
         .collect();
     Config {
         parallelism: parallelism.map_or_else(default_parallelism, |(p, _)| p),
@@ -520,31 +639,69 @@ fn merge(
         crown: crown.map(|(c, _)| c),
         components,
         sources,
+        by_name,
     }
 }
 
-fn sources_of(sources: &[SourceFile], origin: &Origin) -> Option<Format> {
-    sources
-        .iter()
-        .find(|s| s.path == origin.file)
-        .map(|s| s.format)
+fn invalid_name(source: &SourceFile, decl: &Decl) -> Problem {
+    let name = &decl.name;
+    let why = if name.is_empty() {
+        "it is empty".to_owned()
+    } else if name.len() > 64 {
+        format!("it is {} bytes long", name.len())
+    } else if name == "." || name == ".." || name.contains('/') || name.contains('\\') {
+        "it could name a different directory".to_owned()
+    } else {
+        match name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            Some(c) => format!("`{}` is not allowed", c.escape_debug()),
+            None => "it is reserved".to_owned(),
+        }
+    };
+    problem_in(
+        source,
+        &decl.origin,
+        "/name",
+        format!("invalid component name `{}`: {why}", name.escape_debug()),
+    )
+    .with_hint(
+        "names may use only A-Z a-z 0-9 _ . - (1 to 64 characters), because they become file names",
+    )
 }
 
 fn default_parallelism() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
 
+/// `path` made absolute against `base` (itself made absolute against the current
+/// directory), with `.` and `..` resolved lexically so plans show `/srv/app/.razar`, not
+/// `/srv/app/config/../.razar`.
 fn absolutize(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
+    let joined = if path.is_absolute() {
         path.to_path_buf()
+    } else if base.is_absolute() {
+        base.join(path)
     } else {
-        let joined = base.join(path);
-        if joined.is_absolute() {
-            joined
-        } else {
-            std::env::current_dir().unwrap_or_default().join(joined)
+        std::env::current_dir()
+            .unwrap_or_default()
+            .join(base)
+            .join(path)
+    };
+    let mut clean = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !clean.pop() {
+                    clean.push(part);
+                }
+            }
+            other => clean.push(other),
         }
     }
+    clean
 }
 
 fn problem_in(source: &SourceFile, origin: &Origin, field: &str, message: String) -> Problem {
@@ -745,10 +902,14 @@ fn resolve(
             .stage_deps
             .iter()
             .map(|d| Dependency {
-                name: canonical
-                    .get(&normalize(&d.name))
-                    .cloned()
-                    .unwrap_or_else(|| d.name.clone()),
+                name: if canonical.is_empty() {
+                    d.name.clone()
+                } else {
+                    canonical
+                        .get(&normalize(&d.name))
+                        .cloned()
+                        .unwrap_or_else(|| d.name.clone())
+                },
                 condition: d.condition,
             })
             .collect(),

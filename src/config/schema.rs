@@ -36,11 +36,34 @@ fn validator(format: Format) -> Option<&'static Validator> {
     })
 }
 
+/// The native schema's `#/$defs/component`, for checking list items one at a time.
+fn component_validator() -> &'static Validator {
+    static COMPONENT_V: OnceLock<Validator> = OnceLock::new();
+    COMPONENT_V.get_or_init(|| {
+        let native: Value = serde_json::from_str(NATIVE).expect("schemas/ are valid JSON (tested)");
+        let schema = serde_json::json!({
+            "$schema": native["$schema"],
+            "$defs": native["$defs"],
+            "$ref": "#/$defs/component",
+        });
+        jsonschema::validator_for(&schema).expect("the component definition compiles (tested)")
+    })
+}
+
 /// Every schema violation as (JSON pointer, message).
 pub fn validate(format: Format, value: &Value) -> Vec<(String, String)> {
-    let Some(validator) = validator(format) else {
-        return Vec::new();
-    };
+    match validator(format) {
+        Some(validator) => violations(validator, value),
+        None => Vec::new(),
+    }
+}
+
+/// Violations of one native component (pointers relative to the component).
+pub fn validate_component(value: &Value) -> Vec<(String, String)> {
+    violations(component_validator(), value)
+}
+
+fn violations(validator: &Validator, value: &Value) -> Vec<(String, String)> {
     if validator.is_valid(value) {
         return Vec::new();
     }
@@ -85,6 +108,8 @@ mod tests {
         ] {
             assert!(validator(format).is_some());
         }
+        assert!(validate_component(&serde_json::json!({"name": "a"})).is_empty());
+        assert!(!validate_component(&serde_json::json!({"name": 1})).is_empty());
     }
 
     #[test]

@@ -113,11 +113,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Validate { config } => {
             let graph = load_graph(&config)?;
+            let (n, m) = (graph.len(), graph.edge_count());
             let _ = writeln!(
                 stdout,
-                "ok: {} components, {} dependencies",
-                graph.len(),
-                graph.edge_count()
+                "ok: {n} component{}, {m} dependenc{}",
+                if n == 1 { "" } else { "s" },
+                if m == 1 { "y" } else { "ies" }
             );
             // As for `plan`: the OS frees a large graph faster than its destructors.
             std::mem::forget(graph);

@@ -172,9 +172,15 @@ pub fn layer_task(layer: &str) -> String {
     format!("venv.{layer}")
 }
 
-/// `razar_env.yaml`: each layer becomes a task building a virtual environment under
-/// `$RAZAR_STATE_DIR/venv/<layer>` with the layer's packages. The build is skipped when the
-/// environment already holds exactly these packages (a marker file records them).
+/// Where a layer's environment puts its executables (`python3`, installed scripts).
+pub fn layer_bin(state_dir: &Path, layer: &str) -> std::path::PathBuf {
+    state_dir.join("venv").join(layer).join("bin")
+}
+
+/// `razar_env.yaml`: each layer becomes a task building a virtual environment in
+/// `venv/<layer>` under the state directory (its working directory) with the layer's
+/// packages. The build is skipped when the environment already holds exactly these packages
+/// (a marker file records them).
 pub(crate) fn parse_razar_env(
     path: &Path,
     value: Value,
@@ -214,7 +220,7 @@ fn shell_quote(word: &str) -> String {
 fn venv_script(layer: &str, packages: &[String]) -> String {
     let quoted: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
     let wanted = shell_quote(&packages.join(" "));
-    let dir = format!("\"$RAZAR_STATE_DIR/venv/\"{}", shell_quote(layer));
+    let dir = format!("venv/{}", shell_quote(layer));
     let install = if quoted.is_empty() {
         String::from("true")
     } else {

@@ -373,7 +373,7 @@ fn without_position(message: &str) -> &str {
 pub(super) fn parse_problem(path: &Path, text: &str, err: ParseError) -> Problem {
     let (message, offset) = match &err {
         ParseError::Json(err) => (
-            format!("invalid JSON: {err}"),
+            format!("invalid JSON: {}", without_position(&err.to_string())),
             (err.line() > 0).then(|| crate::diag::offset_of(text, err.line(), err.column())),
         ),
         ParseError::Yaml(err) => (
@@ -392,11 +392,14 @@ pub(super) fn parse_problem(path: &Path, text: &str, err: ParseError) -> Problem
     } else {
         "fix the syntax at this position"
     };
-    // The parser places a duplicate key at its mapping; point at the repeated key itself.
+    // The parser places a duplicate key at its mapping, and an alias bomb nowhere: point
+    // at the repeated key, and at the first alias.
     let offset = if message.contains(document::DUPLICATE_KEY) {
         Locator::new(Arc::from(text))
             .first_duplicate_key()
             .or(offset)
+    } else if offset.is_none() && message.contains("repetition limit") {
+        Locator::new(Arc::from(text)).first_alias()
     } else {
         offset
     };
@@ -427,11 +430,11 @@ fn convert(source: &SourceFile, input: Input<'_>, diags: &mut Diagnostics) -> Op
     };
     let problems = schema::validate(source.format, &value);
     if !problems.is_empty() {
-        for (pointer, message) in problems {
+        for violation in problems {
             diags.push(
                 source
                     .locator
-                    .problem(path, text, &pointer, message)
+                    .problem(path, text, &violation.pointer, violation.describe())
                     .with_hint(format!(
                         "see the {} schema, {}",
                         source.format.describe(),
@@ -495,10 +498,11 @@ fn merge(
         let settings = &file.settings;
         if let Some(p) = settings.parallelism {
             match parallelism {
-                Some((q, other)) if q != p => diags.push(conflict_file(
+                Some((q, other)) if q != p => diags.push(conflict_setting(
                     &sources,
                     src,
                     other,
+                    "parallelism",
                     format!("`parallelism` is {p} here but {q} in"),
                 )),
                 None => parallelism = Some((p, src)),
@@ -508,10 +512,11 @@ fn merge(
         if let Some(dir_setting) = &settings.state_dir {
             let resolved = absolutize(&dir, dir_setting);
             match &state_dir {
-                Some((other_dir, other)) if *other_dir != resolved => diags.push(conflict_file(
+                Some((other_dir, other)) if *other_dir != resolved => diags.push(conflict_setting(
                     &sources,
                     src,
                     *other,
+                    "state_dir",
                     format!(
                         "`state_dir` is {} here but {} in",
                         resolved.display(),
@@ -524,12 +529,14 @@ fn merge(
         }
         if let Some(c) = &settings.crown {
             match &crown {
-                Some((_, other)) => diags.push(conflict_file(
+                Some((existing, other)) if existing != c => diags.push(conflict_setting(
                     &sources,
                     src,
                     *other,
-                    "`crown` is configured here and in".to_owned(),
+                    "crown",
+                    "`crown` is configured differently here and in".to_owned(),
                 )),
+                Some(_) => {}
                 None => crown = Some((c.clone(), src)),
             }
         }
@@ -626,7 +633,7 @@ fn merge(
     // `Merged` allocation (grown by doubling) alive for the config's lifetime.
     let mut components: Vec<Component> = Vec::with_capacity(merged.len());
     for m in merged {
-        components.push(resolve(m, &canonical, &layers));
+        components.push(resolve(m, &canonical, &layers, &state_dir));
     }
     let by_name = components
         .iter()
@@ -656,6 +663,7 @@ fn invalid_name(source: &SourceFile, decl: &Decl) -> Problem {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
         {
+            Some(c) if c.is_whitespace() => "spaces are not allowed".to_owned(),
             Some(c) => format!("`{}` is not allowed", c.escape_debug()),
             None => "it is reserved".to_owned(),
         }
@@ -739,12 +747,32 @@ fn line_of(sources: &[SourceFile], origin: &Origin) -> String {
     }
 }
 
-fn conflict_file(sources: &[SourceFile], here: usize, other: usize, message: String) -> Problem {
-    Problem::file(
-        &sources[here].path,
-        format!("{message} {}", sources[other].path.display()),
-    )
-    .with_hint("set it in one file only")
+/// A top-level setting given differently by two files: located at the later one, naming
+/// the earlier one with its line.
+fn conflict_setting(
+    sources: &[SourceFile],
+    here: usize,
+    other: usize,
+    key: &str,
+    message: String,
+) -> Problem {
+    let source = &sources[here];
+    let first = &sources[other];
+    let pointer = format!("/{key}");
+    let at = format!("{}:{}", first.path.display(), first.locator.line(&pointer));
+    source
+        .locator
+        .problem(
+            &source.path,
+            &source.text,
+            &pointer,
+            format!("{message} {at}"),
+        )
+        .with_hint(format!(
+            "`{key}` is set in both {} and {}; set it in one file only, or to the same value",
+            first.path.display(),
+            source.path.display()
+        ))
 }
 
 /// Within one file, a staged declaration without explicit dependencies depends on every
@@ -810,14 +838,22 @@ fn field_conflict(
     src: usize,
 ) -> Problem {
     let source = &sources[src];
+    // Where the kept value was written, when that file's declaration is the kept origin.
+    let there = match &kept.origin.pointer {
+        Some(pointer) if kept.origin.file == sources[first].path => format!(
+            "{}:{}",
+            sources[first].path.display(),
+            sources[first].locator.line(&format!("{pointer}/{field}"))
+        ),
+        _ => line_of(sources, &kept.origin),
+    };
     problem_in(
         source,
         &new.origin,
         &format!("/{field}"),
         format!(
-            "conflicting definitions of `{}`: `{field}` differs from {}",
-            kept.name,
-            sources[first].path.display()
+            "conflicting definitions of `{}`: `{field}` here differs from {there}",
+            kept.name
         ),
     )
     .with_hint(format!(
@@ -889,6 +925,7 @@ fn resolve(
     merged: Merged,
     canonical: &HashMap<String, String>,
     layers: &BTreeMap<String, String>,
+    state_dir: &Path,
 ) -> Component {
     let Merged { decl, .. } = merged;
     let kind = decl.kind.unwrap_or(if decl.command.is_some() {
@@ -920,15 +957,24 @@ fn resolve(
         .clone()
         .or_else(|| layers.contains_key(&decl.name).then(|| decl.name.clone()))
         .filter(|layer| layers.get(layer) != Some(&decl.name));
+    let mut path = Vec::new();
     if let Some(layer) = &layer
         && let Some(task) = layers.get(layer)
-        && !depends_on.iter().any(|d| &d.name == task)
     {
-        depends_on.push(Dependency {
-            name: task.clone(),
-            condition: Condition::Completed,
-        });
+        if !depends_on.iter().any(|d| &d.name == task) {
+            depends_on.push(Dependency {
+                name: task.clone(),
+                condition: Condition::Completed,
+            });
+        }
+        path.push(abzu::layer_bin(state_dir, layer));
     }
+    // A layer's build task runs in the state directory, where its environment lives.
+    let builds_layer = layers.values().any(|task| *task == decl.name);
+    let cwd = match decl.cwd {
+        None if builds_layer => Some(state_dir.to_path_buf()),
+        cwd => cwd,
+    };
     let mut ready = decl.ready;
     if let Some(probe) = &mut ready
         && probe.timeout == Duration::ZERO
@@ -945,7 +991,8 @@ fn resolve(
         restart: decl.restart.unwrap_or_else(default_restart),
         stop: decl.stop.unwrap_or_else(default_stop),
         env: decl.env,
-        cwd: decl.cwd,
+        cwd,
+        path,
         layer,
         tests: decl.tests,
         estimate: decl.estimate,

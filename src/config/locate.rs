@@ -89,6 +89,15 @@ impl Locator {
 }
 
 impl Locator {
+    /// Byte offset of the first alias (`*name`), if any.
+    pub fn first_alias(&self) -> Option<usize> {
+        let chars_to_bytes = CharIndex::new(&self.text);
+        Parser::new_from_str(&self.text)
+            .map_while(Result::ok)
+            .find(|(event, _)| matches!(event, Event::Alias(_)))
+            .map(|(_, span)| chars_to_bytes.span(&span).0)
+    }
+
     /// Byte offset of the first key repeated within one mapping, if any (the parsers
     /// report a duplicate at its mapping; users look for the key).
     pub fn first_duplicate_key(&self) -> Option<usize> {
@@ -137,9 +146,10 @@ impl Locator {
     }
 }
 
-/// Extracts `foo` from serde's "unknown field `foo`, expected …".
+/// Extracts `foo` from "unknown field `foo`, expected …" (serde's or the schema check's,
+/// possibly after a field path).
 fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
+    let (_, rest) = message.split_once("unknown field `")?;
     rest.split('`').next()
 }
 

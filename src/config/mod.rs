@@ -266,6 +266,9 @@ pub struct Component {
     pub env: BTreeMap<String, String>,
     /// Absolute working directory.
     pub cwd: Option<PathBuf>,
+    /// Absolute directories to put in front of `PATH` when running the command (the `bin`
+    /// of its layer's virtual environment).
+    pub path: Vec<PathBuf>,
     /// The Python environment layer the component runs in.
     pub layer: Option<String>,
     pub tests: Option<Command>,

@@ -454,8 +454,10 @@ struct RawHeader {
 /// What became of one list item.
 enum Item {
     Converted(Box<Decl>, Ctx),
-    /// Schema violations, with pointers relative to the item.
-    Invalid(Vec<(String, String)>),
+    /// Schema violations, with pointers relative to the item, and the item's name when it
+    /// has one (the component still exists for the graph checks: its dependents are not
+    /// reported as depending on an unknown component).
+    Invalid(Vec<schema::Violation>, Option<String>),
     /// Passed the schema but not the raw types (the schema is looser somewhere): located
     /// by a second, path-tracking pass.
     Untyped,
@@ -476,16 +478,16 @@ pub(crate) fn read(
         Format::Native.schema_file()
     );
     let header = Value::Object(std::mem::take(&mut document.header));
-    let mut valid = true;
-    for (pointer, message) in schema::validate(Format::Native, &header) {
-        valid = false;
+    let mut header_valid = true;
+    for violation in schema::validate(Format::Native, &header) {
+        header_valid = false;
         diags.push(
             locator
-                .problem(path, text, &pointer, message)
+                .problem(path, text, &violation.pointer, violation.describe())
                 .with_hint(hint.clone()),
         );
     }
-    let raw: Option<RawHeader> = if valid {
+    let raw: Option<RawHeader> = if header_valid {
         typed(path, text, header, locator, diags)
     } else {
         None
@@ -514,7 +516,8 @@ pub(crate) fn read(
     let converted = document.items(|value| {
         let violations = schema::validate_component(&value);
         if !violations.is_empty() {
-            return Item::Invalid(violations);
+            let name = value.get("name").and_then(Value::as_str).map(str::to_owned);
+            return Item::Invalid(violations, name);
         }
         let Ok(raw) = RawComponent::deserialize(value) else {
             return Item::Untyped;
@@ -536,10 +539,7 @@ pub(crate) fn read(
         let at = format!("/components/{i}");
         match item {
             Item::Converted(decl, ctx) => {
-                if !ctx.problems.is_empty() {
-                    valid = false;
-                    ctx.report(&at, path, text, locator, diags);
-                }
+                ctx.report(&at, path, text, locator, diags);
                 let mut decl = *decl;
                 decl.origin = Origin {
                     file: path.to_path_buf(),
@@ -548,12 +548,23 @@ pub(crate) fn read(
                 };
                 decls.push(decl);
             }
-            Item::Invalid(violations) => {
-                valid = false;
-                for (pointer, message) in violations {
+            Item::Invalid(violations, name) => {
+                if let Some(name) = name {
+                    decls.push(Decl {
+                        name,
+                        origin: Origin {
+                            file: path.to_path_buf(),
+                            pointer: Some(at.clone()),
+                            line: None,
+                        },
+                        ..Decl::default()
+                    });
+                }
+                for mut violation in violations {
+                    violation.pointer.insert_str(0, &at);
                     diags.push(
                         locator
-                            .problem(path, text, &format!("{at}{pointer}"), message)
+                            .problem(path, text, &violation.pointer, violation.describe())
                             .with_hint(hint.clone()),
                     );
                 }
@@ -565,11 +576,10 @@ pub(crate) fn read(
         locate_type_error::<RawConfig>(path, text, locator, diags);
         return None;
     }
-    if !valid {
-        return None;
-    }
+    // Problems found so far are recorded and make the load fail; what could be read still
+    // goes on to the name and graph checks, so the user sees every problem in one run.
     Some(Parsed {
-        settings: settings?,
+        settings: settings.unwrap_or_default(),
         decls,
     })
 }

@@ -78,6 +78,10 @@ pub struct Step {
     /// Working directory (absolute in memory; see [`Plan::to_json`] for the file form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<PathBuf>,
+    /// Directories to put in front of `PATH` for the command, first first (a layer's
+    /// virtual environment); absolute in memory, like `cwd`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -262,8 +266,10 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
         .iter()
         .map(|&i| {
             let runs = blocked[i].is_none();
+            // Excluded dependencies are not in the plan (their dependents are blocked).
             let mut deps: Vec<(usize, Condition)> = graph
                 .dependencies(i)
+                .filter(|(d, _)| position[*d] != usize::MAX)
                 .map(|(d, condition)| (position[d], condition))
                 .collect();
             // Ties on the critical path go to the dependency earliest in the plan.
@@ -306,6 +312,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
                 stop: c.stop.clone(),
                 env: c.env.clone(),
                 cwd: c.cwd.clone(),
+                path: c.path.clone(),
                 layer: c.layer.clone(),
                 daemonizes: c.daemonizes,
                 optional: c.optional,
@@ -382,7 +389,7 @@ impl Plan {
     /// line and one step per line, so a diff of two plans shows the steps that changed.
     ///
     /// Paths inside `base` (the directory the plan is made in: `state_dir`, each step's
-    /// `cwd`) are written relative to it, so a plan checked into a repository stays valid in
+    /// `cwd` and `path`) are written relative to it, so a plan checked into a repository stays valid in
     /// every clone; [`Plan::from_json`] resolves them against the directory it is run from.
     /// Paths elsewhere stay absolute.
     pub fn to_json(&self, base: &Path) -> String {
@@ -443,13 +450,16 @@ impl Plan {
                     let mut text = String::with_capacity(chunk.len() * 800);
                     for step in chunk {
                         text.push_str(",\n    ");
-                        let line = match &step.cwd {
-                            Some(cwd) if relative(cwd) != *cwd => {
-                                let mut step = step.clone();
-                                step.cwd = Some(relative(cwd));
-                                serde_json::to_string(&step)
-                            }
-                            _ => serde_json::to_string(step),
+                        let moves = |p: &PathBuf| relative(p) != *p;
+                        let line = if step.cwd.as_ref().is_some_and(moves)
+                            || step.path.iter().any(moves)
+                        {
+                            let mut step = step.clone();
+                            step.cwd = step.cwd.as_deref().map(relative);
+                            step.path = step.path.iter().map(|p| relative(p)).collect();
+                            serde_json::to_string(&step)
+                        } else {
+                            serde_json::to_string(step)
                         };
                         text.push_str(&line.expect("steps serialise: plain data, string keys"));
                     }
@@ -492,6 +502,9 @@ impl Plan {
         for step in &mut plan.steps {
             if let Some(cwd) = &mut step.cwd {
                 *cwd = base.join(&*cwd);
+            }
+            for dir in &mut step.path {
+                *dir = base.join(&*dir);
             }
         }
         Ok(plan)

@@ -133,8 +133,10 @@ fn priority_order(graph: &Graph, included: &[usize]) -> Ordered {
         .zip(contest.par_iter())
         .map(|(&i, &(ahead, others))| {
             let priority = components[i].priority;
-            let text = if ahead > 0 {
-                format!("priority {priority}: {ahead} ready component(s) ranked before it")
+            let text = if ahead == 1 {
+                format!("priority {priority}: 1 ready component ranked before it")
+            } else if ahead > 1 {
+                format!("priority {priority}: {ahead} ready components ranked before it")
             } else if others > 0 {
                 format!("priority {priority}: first among the ready components")
             } else {

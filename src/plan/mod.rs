@@ -16,9 +16,10 @@ use crate::config::{
 };
 use crate::graph::Graph;
 
+pub mod explore;
 mod order;
 mod render;
-mod simulate;
+pub mod simulate;
 
 pub use order::Strategy;
 pub use render::{render_gantt_mermaid, render_text};

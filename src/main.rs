@@ -22,12 +22,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// deprecated slots so option numbers stay stable (libmimalloc-sys does not name this one).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Returns memory freed by one phase (parsing on worker threads) to the OS after 2 ms
-/// instead of the bundled mimalloc's default 1 s, so it does not add to the next phase's
-/// peak: a 100k-component plan peaks at ~255 MB instead of ~370 MB (docs/benchmarks.md).
+/// Returns memory freed by one phase (parsing on worker threads, merging) to the OS after
+/// 50 ms instead of the bundled mimalloc's default 1 s, so it does not add to a later
+/// phase's peak: a 100k-component plan peaks at ~270 MB instead of ~300-370 MB. Shorter
+/// delays save a little more memory but pay for it in page faults (docs/benchmarks.md).
 fn tune_allocator() {
     // SAFETY: mi_option_set only stores an integer option; any value is valid for it.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 2) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 50) };
 }
 
 use cli::{Cli, Command, ConfigArgs, PlanFormat};

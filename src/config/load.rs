@@ -480,8 +480,10 @@ fn merge(
     let mut parallelism: Option<(usize, usize)> = None;
     let mut state_dir: Option<(PathBuf, usize)> = None;
     let mut crown: Option<(Crown, usize)> = None;
-    let mut merged: Vec<Merged> = Vec::new();
-    let mut by_name: HashMap<String, usize> = HashMap::new();
+    // Sized once: growing a vector of 100k declarations by doubling copies it ~17 times.
+    let declared: usize = parsed.iter().map(|(_, p)| p.decls.len()).sum();
+    let mut merged: Vec<Merged> = Vec::with_capacity(declared);
+    let mut by_name: HashMap<String, usize> = HashMap::with_capacity(declared);
     let mut by_normalized: Option<HashMap<String, usize>> = sources
         .iter()
         .any(|s| matches!(s.format, Format::Priorities | Format::Blueprint))

@@ -253,7 +253,7 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
         }
     }
     // Sorting succeeds on every valid config; cycles are only searched for when it fails.
-    let sorted = petgraph::algo::toposort(&dag, None).ok();
+    let sorted = sort(&dag);
     let cycles = if sorted.is_none() {
         cycles(&dag)
     } else {
@@ -289,8 +289,7 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
         );
     }
     diags.into_result()?;
-    let sorted = sorted.expect("a graph without problems has no cycle, so it sorts");
-    let (topo, waves) = waves(&dag, sorted);
+    let (topo, waves) = sorted.expect("a graph without problems has no cycle, so it sorts");
     Ok(Graph {
         config,
         dag,
@@ -413,23 +412,58 @@ fn cycles(dag: &DiGraph<usize, Condition>) -> Vec<Vec<usize>> {
     out
 }
 
-/// The topological `order` as component indices, and each component's wave.
-fn waves(dag: &DiGraph<usize, Condition>, order: Vec<NodeIndex>) -> (Vec<usize>, Vec<usize>) {
-    let mut waves = vec![0usize; dag.node_count()];
-    for &node in &order {
-        let wave = dag
-            .neighbors_directed(node, Direction::Incoming)
-            .map(|d| waves[dag[d]] + 1)
-            .max()
-            .unwrap_or(0);
-        waves[dag[node]] = wave;
+/// Kahn's algorithm: a topological order of the component indices and each component's
+/// wave (longest path from a root, in edges), in one pass. `None` when there is a cycle.
+fn sort(dag: &DiGraph<usize, Condition>) -> Option<(Vec<usize>, Vec<usize>)> {
+    let n = dag.node_count();
+    let mut waiting: Vec<usize> = (0..n)
+        .map(|i| {
+            dag.neighbors_directed(NodeIndex::new(i), Direction::Incoming)
+                .count()
+        })
+        .collect();
+    let mut waves = vec![0usize; n];
+    let mut order: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut next = 0;
+    while next < order.len() {
+        let i = order[next];
+        next += 1;
+        for dependent in dag.neighbors_directed(NodeIndex::new(i), Direction::Outgoing) {
+            let d = dependent.index();
+            waves[d] = waves[d].max(waves[i] + 1);
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                order.push(d);
+            }
+        }
     }
-    (order.into_iter().map(|node| dag[node]).collect(), waves)
+    (order.len() == n).then_some((order, waves))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dag(n: usize, edges: &[(usize, usize)]) -> DiGraph<usize, Condition> {
+        let mut dag = DiGraph::new();
+        for i in 0..n {
+            dag.add_node(i);
+        }
+        for &(a, b) in edges {
+            dag.add_edge(NodeIndex::new(a), NodeIndex::new(b), Condition::Ready);
+        }
+        dag
+    }
+
+    #[test]
+    fn sort_orders_dependencies_first_and_counts_waves() {
+        // 3 -> 1 -> 0, 3 -> 2, 2 -> 0: 0 is two edges deep on its longest path.
+        let (order, waves) = sort(&dag(4, &[(3, 1), (1, 0), (3, 2), (2, 0)])).expect("a DAG");
+        let at = |i: usize| order.iter().position(|&x| x == i).expect("every node sorted");
+        assert!(at(3) < at(1) && at(1) < at(0) && at(2) < at(0));
+        assert_eq!(waves, vec![2, 1, 1, 0]);
+        assert_eq!(sort(&dag(3, &[(0, 1), (1, 2), (2, 1)])), None);
+    }
 
     #[test]
     fn nearest_suggests_close_names_only() {

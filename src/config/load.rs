@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -483,7 +484,8 @@ fn merge(
     // Sized once: growing a vector of 100k declarations by doubling copies it ~17 times.
     let declared: usize = parsed.iter().map(|(_, p)| p.decls.len()).sum();
     let mut merged: Vec<Merged> = Vec::with_capacity(declared);
-    let mut by_name: HashMap<String, usize> = HashMap::with_capacity(declared);
+    let mut by_name: FxHashMap<String, usize> =
+        FxHashMap::with_capacity_and_hasher(declared, Default::default());
     let mut by_normalized: Option<HashMap<String, usize>> = sources
         .iter()
         .any(|s| matches!(s.format, Format::Priorities | Format::Blueprint))

@@ -385,12 +385,11 @@ fn cycles(dag: &DiGraph<usize, Condition>) -> Vec<Vec<usize>> {
         let mut position: HashMap<NodeIndex, usize> = HashMap::from([(start, 0)]);
         let mut current = start;
         loop {
-            let mut next: Vec<NodeIndex> = dag
+            let next = dag
                 .neighbors_directed(current, Direction::Outgoing)
                 .filter(|n| members.contains(n))
-                .collect();
-            next.sort_unstable();
-            let next = next[0];
+                .min()
+                .expect("every member of a cyclic SCC has a successor inside it");
             if let Some(&at) = position.get(&next) {
                 let mut cycle: Vec<usize> = path[at..].iter().map(|&n| dag[n]).collect();
                 // Start the printed cycle at its smallest member for stable output.
@@ -459,7 +458,12 @@ mod tests {
     fn sort_orders_dependencies_first_and_counts_waves() {
         // 3 -> 1 -> 0, 3 -> 2, 2 -> 0: 0 is two edges deep on its longest path.
         let (order, waves) = sort(&dag(4, &[(3, 1), (1, 0), (3, 2), (2, 0)])).expect("a DAG");
-        let at = |i: usize| order.iter().position(|&x| x == i).expect("every node sorted");
+        let at = |i: usize| {
+            order
+                .iter()
+                .position(|&x| x == i)
+                .expect("every node sorted")
+        };
         assert!(at(3) < at(1) && at(1) < at(0) && at(2) < at(0));
         assert_eq!(waves, vec![2, 1, 1, 0]);
         assert_eq!(sort(&dag(3, &[(0, 1), (1, 2), (2, 1)])), None);

@@ -185,6 +185,9 @@ fn the_demo_plan_reads_as_documented() {
 5 steps (0 blocked, 0 excluded), 5 dependencies; strategy priority, parallelism 4; predicted 900ms (lower bound 900ms, critical path 900ms: prepare → catalog → gateway → smoke)
 "
     );
+    // The README's quick start shows this output verbatim.
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md exists");
+    assert!(readme.contains(&text), "README.md's quick start output is stale:\n{text}");
 }
 
 #[test]

@@ -19,6 +19,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The state directory (database, lock, state files) cannot be used.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("cannot read `{path}`")]
     Read {
         path: PathBuf,

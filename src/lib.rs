@@ -5,6 +5,7 @@
 //! orders that DAG into a [`plan::Plan`]; `exec` runs a plan and emits events that `state`
 //! persists and `report` shows. See `docs/architecture.md`.
 
+pub mod classify;
 pub mod config;
 pub mod diag;
 pub mod duration;
@@ -12,5 +13,6 @@ pub mod error;
 pub mod exec;
 pub mod graph;
 pub mod plan;
+pub mod state;
 
 pub use error::Error;

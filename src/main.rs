@@ -11,6 +11,7 @@ use razar::Error;
 use razar::plan;
 
 mod cli;
+mod state_cmd;
 
 // Loading and planning a large stack makes millions of small allocations (names, argv
 // words, reasons); mimalloc serves them markedly faster than glibc's allocator
@@ -61,6 +62,10 @@ fn exit_for(err: Error) -> ExitCode {
         }
         Error::Usage(message) => {
             eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Error::State(err) if err.is_usage() => {
+            eprintln!("error: {err}");
             ExitCode::from(2)
         }
         other => {
@@ -134,12 +139,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             let graph = load_graph(&config)?;
             let selected = graph.select(&targets)?;
-            let options = plan::Options {
+            // Quarantined components stay out and history weighs the rest; reading state
+            // never creates it and works while an apply holds the database.
+            let known = razar::state::read(&graph.config().state_dir)?;
+            let mut options = plan::Options {
                 targets,
                 parallelism: parallelism.map(|p| p as usize),
                 strategy,
                 ..plan::Options::default()
             };
+            options.exclude = known.exclusions();
+            options.history = razar::state::weights(&known.history, graph.components(), false);
             let plan = plan::build(&graph, &selected, &options);
             // Paths in plan files are relative to the directory the plan is made in.
             let base = std::env::current_dir().map_err(|source| Error::Read {
@@ -168,6 +178,22 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             // takes longer than the OS takes to reclaim the pages.
             std::mem::forget((plan, graph));
         }
+        Command::Status { state, json } => {
+            let _ = stdout.write_all(state_cmd::status(&state, json)?.as_bytes());
+        }
+        Command::Quarantine { action } => {
+            let _ = stdout.write_all(state_cmd::quarantine(&action)?.as_bytes());
+        }
+        Command::History { state, name, json } => {
+            let text = state_cmd::history(&state, name.as_deref(), json)?;
+            let _ = stdout.write_all(text.as_bytes());
+        }
+        Command::Logs {
+            state,
+            name,
+            follow,
+            lines,
+        } => state_cmd::logs(&state, &name, follow, lines, &mut stdout)?,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "razar", &mut stdout);
         }

@@ -4,5 +4,6 @@
 mod bad_input;
 mod plan;
 mod schemas;
+mod state;
 mod support;
 mod validate;

@@ -187,7 +187,10 @@ fn the_demo_plan_reads_as_documented() {
     );
     // The README's quick start shows this output verbatim.
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md exists");
-    assert!(readme.contains(&text), "README.md's quick start output is stale:\n{text}");
+    assert!(
+        readme.contains(&text),
+        "README.md's quick start output is stale:\n{text}"
+    );
 }
 
 #[test]

@@ -94,6 +94,23 @@ pub struct Options {
     pub log_max_bytes: u64,
     /// Where live output goes (`--follow`).
     pub follow: Option<Box<dyn Output>>,
+    /// Changes to the boot while it runs (Crown's mid-boot suggestions, once judged): they
+    /// apply to the steps that have not started yet.
+    pub revisions: Option<mpsc::Receiver<Revision>>,
+}
+
+/// A change to a running boot, for the steps that have not started yet. Steps already
+/// started (or done) are left as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Revision {
+    /// The new start order, by step name (steps not listed keep their order, after these).
+    pub order: Vec<String>,
+    /// Dependencies to add, by step (an edge that would close a cycle is ignored).
+    pub depends_on: BTreeMap<String, Vec<crate::config::Dependency>>,
+    /// Steps left out of the rest of this boot, with the reason (their dependents block).
+    pub skip: BTreeMap<String, String>,
+    /// A new limit on components in their start-up phase.
+    pub parallelism: Option<usize>,
 }
 
 impl Options {
@@ -107,6 +124,7 @@ impl Options {
             parallelism: None,
             log_max_bytes: logs::DEFAULT_MAX_BYTES,
             follow: None,
+            revisions: None,
         }
     }
 }
@@ -419,6 +437,8 @@ enum State {
     Blocked,
     /// A service that exited cleanly and whose policy does not restart it.
     Down,
+    /// Left out of the rest of the boot by a revision.
+    Skipped,
     /// Being stopped by the shutdown.
     Stopping,
     Stopped,
@@ -507,6 +527,7 @@ enum Msg {
 /// What woke the loop.
 enum Wake {
     Msg(Msg),
+    Revision(Option<Revision>),
     Shutdown(Option<CancelReason>),
     Timer,
     Rotate,
@@ -547,6 +568,8 @@ struct Run<'a> {
     rng: restart::Rng,
     follow: Vec<(usize, logs::LineReader)>,
     programs: process::Programs,
+    /// Step positions by name.
+    index: HashMap<String, usize>,
 }
 
 impl<'a> Run<'a> {
@@ -623,6 +646,12 @@ impl<'a> Run<'a> {
             rng: restart::Rng::from_entropy(),
             follow: Vec::new(),
             programs: process::Programs::default(),
+            index: plan
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.clone(), i))
+                .collect(),
         }
     }
 
@@ -714,6 +743,7 @@ impl<'a> Run<'a> {
         let mut follow = tokio::time::interval(FOLLOW_EVERY);
         follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let following = self.options.follow.is_some();
+        let mut revisions = self.options.revisions.take();
         loop {
             self.schedule();
             if !self.boot_finished && self.unsettled == 0 {
@@ -739,6 +769,7 @@ impl<'a> Run<'a> {
                     Wake::Shutdown(*shutdown_rx.borrow_and_update())
                 }
                 Some(msg) = self.rx.recv() => Wake::Msg(msg),
+                revision = recv_opt(&mut revisions) => Wake::Revision(revision),
                 () = sleep_until_opt(next_timer) => Wake::Timer,
                 Some(joined) = self.tasks.join_next() => Wake::Joined(joined),
                 _ = rotate.tick() => Wake::Rotate,
@@ -748,6 +779,9 @@ impl<'a> Run<'a> {
                 Wake::Shutdown(Some(reason)) => self.begin_stop(reason),
                 Wake::Shutdown(None) => {}
                 Wake::Msg(msg) => self.handle(msg),
+                Wake::Revision(Some(revision)) => self.revise(revision),
+                // The sender is gone: no more revisions.
+                Wake::Revision(None) => revisions = None,
                 Wake::Timer => self.fire_timers(),
                 Wake::Joined(Err(err)) if err.is_panic() => {
                     std::panic::resume_unwind(err.into_panic());
@@ -1406,6 +1440,127 @@ impl<'a> Run<'a> {
             .push(Reverse((Instant::now() + delay, idx, serial)));
     }
 
+    // ---- revisions ----------------------------------------------------------------------
+
+    /// Applies a change to the boot to the steps that have not started yet.
+    fn revise(&mut self, revision: Revision) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let pending = |state: State| matches!(state, State::Waiting | State::Queued);
+        if let Some(parallelism) = revision.parallelism {
+            self.parallelism = parallelism.max(1);
+        }
+        // New start order: listed steps first, in the given order; the rest keep theirs.
+        if !revision.order.is_empty() {
+            let listed = revision.order.len();
+            let mut rank: Vec<usize> = (0..self.nodes.len())
+                .map(|i| listed + self.rank[i])
+                .collect();
+            for (position, name) in revision.order.iter().enumerate() {
+                if let Some(&i) = self.index.get(name) {
+                    rank[i] = position;
+                }
+            }
+            let queued: Vec<usize> = self.ready.iter().map(|&(_, i)| i).collect();
+            self.rank = rank;
+            self.ready = queued.into_iter().map(|i| (self.rank[i], i)).collect();
+        }
+        for (name, deps) in &revision.depends_on {
+            let Some(&idx) = self.index.get(name) else {
+                continue;
+            };
+            if !pending(self.nodes[idx].state) {
+                continue;
+            }
+            for dep in deps {
+                let Some(&d) = self.index.get(&dep.name) else {
+                    continue;
+                };
+                let level = Level::of(self.plan.steps[d].effective(dep.condition));
+                if d == idx
+                    || self.nodes[idx].deps.iter().any(|&(x, _)| x == d)
+                    || self.depends_transitively(d, idx)
+                {
+                    tracing::warn!(step = %name, after = %dep.name, "revision edge ignored: duplicate or cycle");
+                    continue;
+                }
+                self.nodes[idx].deps.push((d, level));
+                self.nodes[d].dependents.push((idx, level));
+                if self.nodes[d].reached < level {
+                    self.nodes[idx].unmet += 1;
+                    if self.nodes[idx].state == State::Queued {
+                        self.nodes[idx].state = State::Waiting;
+                        self.ready.remove(&(self.rank[idx], idx));
+                        self.milestones.retain(|&m| m != idx);
+                    }
+                    if matches!(
+                        self.nodes[d].state,
+                        State::Failed | State::Quarantined | State::Blocked | State::Skipped
+                    ) {
+                        self.block(
+                            idx,
+                            format!("blocked: depends on `{}`, which will not run", dep.name),
+                        );
+                    }
+                }
+            }
+        }
+        self.topo = self.node_order();
+        for (name, reason) in &revision.skip {
+            let Some(&idx) = self.index.get(name) else {
+                continue;
+            };
+            if !pending(self.nodes[idx].state) {
+                continue;
+            }
+            self.nodes[idx].state = State::Skipped;
+            self.ready.remove(&(self.rank[idx], idx));
+            self.milestones.retain(|&m| m != idx);
+            self.emit(EventKind::Skipped {
+                component: name.clone(),
+                reason: reason.clone(),
+            });
+            self.settle(idx);
+            self.block_dependents(idx, &format!("is skipped ({reason})"));
+        }
+    }
+
+    /// Whether `from` depends on `on`, directly or not.
+    fn depends_transitively(&self, from: usize, on: usize) -> bool {
+        let mut stack = vec![from];
+        let mut seen = vec![false; self.nodes.len()];
+        while let Some(i) = stack.pop() {
+            if i == on {
+                return true;
+            }
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            stack.extend(self.nodes[i].deps.iter().map(|&(d, _)| d));
+        }
+        false
+    }
+
+    /// A dependencies-first order of the steps as the run knows them (revisions included).
+    fn node_order(&self) -> Vec<usize> {
+        let n = self.nodes.len();
+        let mut indegree: Vec<usize> = self.nodes.iter().map(|node| node.deps.len()).collect();
+        let mut queue: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(i) = queue.pop() {
+            order.push(i);
+            for &(d, _) in &self.nodes[i].dependents {
+                indegree[d] -= 1;
+                if indegree[d] == 0 {
+                    queue.push(d);
+                }
+            }
+        }
+        debug_assert_eq!(order.len(), n, "revisions never add a cycle");
+        order
+    }
+
     // ---- stopping -----------------------------------------------------------------------
 
     fn begin_stop(&mut self, reason: CancelReason) {
@@ -1836,6 +1991,13 @@ impl Watch {
 async fn poll(prober: &mut Option<probe::Prober>) -> probe::Outcome {
     match prober {
         Some(prober) => prober.poll().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<Revision>>) -> Option<Revision> {
+    match rx {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -898,3 +898,88 @@ async fn a_daemon_left_by_its_launcher_is_supervised_and_restarted_when_it_dies(
     );
     assert!(leftovers(d).is_empty(), "{:?}", leftovers(d));
 }
+
+#[tokio::test]
+async fn a_revision_reorders_skips_and_adds_dependencies_to_steps_not_yet_started() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let gate = d.join("gate");
+    // `first` holds the only slot until the test opens the gate; meanwhile a revision moves
+    // `c` before `b`, makes `b` wait for `e`, and skips `d` (and so blocks `after-d`).
+    let steps = vec![
+        task(
+            "first",
+            &format!("while [ ! -e {} ]; do sleep 0.01; done", gate.display()),
+        ),
+        after(task("b", "true"), &[("first", Condition::Completed)]),
+        after(task("c", "true"), &[("first", Condition::Completed)]),
+        after(task("d", "true"), &[("first", Condition::Completed)]),
+        after(task("after-d", "true"), &[("d", Condition::Completed)]),
+        after(task("e", "true"), &[("first", Condition::Completed)]),
+    ];
+    let plan = plan(d, 1, steps);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut options = Options::new("t");
+    options.revisions = Some(rx);
+    let collect = event::Collect::default();
+    let mut sink = collect.clone();
+    let watcher = collect.clone();
+    let driver = async move {
+        while !watcher.0.lock().expect("lock").iter().any(
+            |e| matches!(&e.kind, EventKind::Spawned { component, .. } if component == "first"),
+        ) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let revision = Revision {
+            order: ["first", "c", "e", "b", "d", "after-d"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            depends_on: BTreeMap::from([(
+                "b".to_owned(),
+                vec![crate::config::Dependency {
+                    name: "e".to_owned(),
+                    condition: Condition::Completed,
+                }],
+            )]),
+            skip: BTreeMap::from([("d".to_owned(), "under maintenance".to_owned())]),
+            parallelism: None,
+        };
+        tx.send(revision).await.expect("the run reads revisions");
+        // A revision that would close a cycle (e after b, b after e) is ignored.
+        let cycle = Revision {
+            depends_on: BTreeMap::from([(
+                "e".to_owned(),
+                vec![crate::config::Dependency {
+                    name: "b".to_owned(),
+                    condition: Condition::Completed,
+                }],
+            )]),
+            ..Revision::default()
+        };
+        tx.send(cycle).await.expect("the run reads revisions");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::fs::write(&gate, "").expect("open the gate");
+        std::future::pending::<()>().await;
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            outcome = run(&plan, options, Shutdown::new(), &mut sink) => outcome,
+            () = driver => unreachable!("the driver never ends"),
+        }
+    })
+    .await
+    .expect("the run ends")
+    .expect("valid plan");
+    let events = collect.0.lock().expect("lock").clone();
+    // after-d is blocked by the skip: the run is not a full success.
+    assert_eq!(outcome, Outcome::Failed, "{events:#?}");
+    assert_eq!(
+        names(&events, |k| matches!(k, EventKind::Spawned { .. })),
+        vec!["first", "c", "e", "b"]
+    );
+    assert!(events.iter().any(|e| matches!(&e.kind,
+        EventKind::Skipped { component, reason } if component == "d" && reason == "under maintenance")));
+    assert!(events.iter().any(|e| matches!(&e.kind,
+        EventKind::Blocked { component, reason } if component == "after-d" && reason.contains("skipped"))));
+}

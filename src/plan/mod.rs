@@ -49,6 +49,10 @@ pub struct Plan {
     /// Components left out of this boot (quarantined, under downtime, skipped), with why.
     pub excluded: Vec<Excluded>,
     pub timeline: Timeline,
+    /// With the `explore` strategy: where the order came from and what it predicts against
+    /// the critical-path schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explored: Option<Explored>,
 }
 
 /// One component in the plan, with everything the executor needs to run it.
@@ -83,6 +87,46 @@ pub struct Step {
     pub reasons: Vec<Reason>,
     /// Set when the step cannot run because something it needs was excluded.
     pub blocked: Option<String>,
+    /// Failed attempts among the recorded ones (history of the current command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Failures>,
+}
+
+/// How often a component failed, from history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failures {
+    pub failed: usize,
+    pub attempts: usize,
+    /// failed / attempts.
+    pub rate: f64,
+    /// True when `rate` reaches the plan's flaky threshold.
+    pub flaky: bool,
+}
+
+/// What the `explore` strategy achieved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Explored {
+    pub source: ExploreSource,
+    /// Predicted makespan of this order.
+    pub makespan_ms: u64,
+    /// Predicted makespan of the critical-path list schedule under the same weights.
+    pub critical_path_makespan_ms: u64,
+    /// Simulations the search ran (1 for a stored order).
+    pub evaluations: usize,
+    /// Steps that start earlier than in the critical-path order.
+    pub moved: usize,
+}
+
+/// Where an explored order came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExploreSource {
+    /// Found by the search while building this plan.
+    Search,
+    /// The best order an earlier search stored for this configuration (`razar bench`).
+    Stored,
 }
 
 impl Step {
@@ -157,8 +201,11 @@ pub struct Timeline {
     pub lower_bound_ms: u64,
 }
 
+/// Failure rate from which a component is flagged flaky in the plan (`--flaky-threshold`).
+pub const DEFAULT_FLAKY_THRESHOLD: f64 = 0.2;
+
 /// What the planner is asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub targets: Vec<String>,
     pub parallelism: Option<usize>,
@@ -167,6 +214,38 @@ pub struct Options {
     pub exclude: BTreeMap<String, String>,
     /// Predicted durations known from history, by component name.
     pub history: BTreeMap<String, (Duration, WeightSource)>,
+    /// Failed and total recorded attempts by component name (history of the current command).
+    pub failures: BTreeMap<String, (usize, usize)>,
+    /// Failure rate (0..=1) from which a component is flagged flaky.
+    pub flaky_threshold: f64,
+    /// A start order (component names) an earlier search stored for this configuration;
+    /// the `explore` strategy uses it when it predicts no worse than the critical path.
+    pub explored: Option<Vec<String>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            targets: Vec::new(),
+            parallelism: None,
+            strategy: Strategy::default(),
+            exclude: BTreeMap::new(),
+            history: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            flaky_threshold: DEFAULT_FLAKY_THRESHOLD,
+            explored: None,
+        }
+    }
+}
+
+/// The strategy to plan with when none was asked for: what razar learned decides. A stored
+/// explored order wins, then critical path once any component has history, else priority.
+pub fn default_strategy(has_history: bool, has_explored: bool) -> Strategy {
+    match (has_explored, has_history) {
+        (true, _) => Strategy::Explore,
+        (false, true) => Strategy::CriticalPath,
+        (false, false) => Strategy::Priority,
+    }
 }
 
 /// Builds the plan for the selected part of `graph`.
@@ -237,7 +316,14 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
     }
 
     let included: Vec<usize> = by_wave;
-    let ordered = order::order(graph, &included, &weights, parallelism, options.strategy);
+    let ordered = order::order(
+        graph,
+        &included,
+        &weights,
+        parallelism,
+        options.strategy,
+        options.explored.as_deref(),
+    );
     let position: BTreeMap<usize, usize> = ordered
         .order
         .iter()
@@ -275,6 +361,34 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
         .map(|(p, &i)| {
             let c = &graph.components()[i];
             let mut reasons = ordered.reasons[p].clone();
+            let failures = options
+                .failures
+                .get(&c.name)
+                .and_then(|&(failed, attempts)| {
+                    (attempts > 0).then(|| {
+                        let rate = failed as f64 / attempts as f64;
+                        Failures {
+                            failed,
+                            attempts,
+                            rate,
+                            flaky: failed > 0 && rate >= options.flaky_threshold,
+                        }
+                    })
+                });
+            if let Some(f) = failures.filter(|f| f.flaky) {
+                reasons.insert(
+                    0,
+                    Reason {
+                        kind: ReasonKind::Flaky,
+                        text: format!(
+                            "flaky: failed {} of last {} attempts ({:.0}%)",
+                            f.failed,
+                            f.attempts,
+                            f.rate * 100.0
+                        ),
+                    },
+                );
+            }
             if let Some(why) = blocked.get(&i) {
                 reasons.insert(
                     0,
@@ -308,6 +422,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
                 predicted_ready_ms: sim.ready_ms[p],
                 reasons,
                 blocked: blocked.get(&i).cloned(),
+                failures,
             }
         })
         .collect();
@@ -339,6 +454,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
             total_work_ms,
             lower_bound_ms,
         },
+        explored: ordered.explored,
     }
 }
 

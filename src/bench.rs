@@ -54,6 +54,9 @@ pub struct BenchReport {
     pub strategies: Vec<StrategyResult>,
     /// Set when a signal stopped the bench early: the figures cover the runs that finished.
     pub interrupted: bool,
+    /// Set when a boot failed: the bench stopped there (exit code 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     /// The explored order stored for this configuration, if `explore` found one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_order: Option<StoredOrder>,
@@ -134,6 +137,9 @@ impl BenchReport {
                 "explore: no order found that beats the critical-path schedule; nothing stored\n",
             );
         }
+        if let Some(failure) = &self.failure {
+            let _ = writeln!(out, "stopped: {failure}");
+        }
         if self.interrupted {
             out.push_str("interrupted: the figures cover the runs that finished\n");
         }
@@ -141,8 +147,8 @@ impl BenchReport {
     }
 }
 
-/// Runs the comparison. Returns the report and how it ended (a failed boot is an error: its
-/// time to ready would mean nothing).
+/// Runs the comparison. Returns the report and how it ended: a failed boot stops the bench
+/// (its time to ready would mean nothing) with `Outcome::Failed`, a signal with `Interrupted`.
 pub fn bench(request: &BenchRequest) -> Result<(BenchReport, Outcome), Error> {
     if request.strategies.is_empty() {
         return Err(Error::Usage("give at least one strategy".to_owned()));
@@ -250,6 +256,7 @@ fn real(
     let mut times: BTreeMap<Strategy, Vec<(u64, u64)>> = BTreeMap::new();
     let mut stored_order = None;
     let mut outcome = Outcome::Success;
+    let mut failure = None;
     let result: Result<(), Error> = runtime.block_on(async {
         let listener = exec::signal::Listener::install()
             .map_err(|err| Error::Usage(format!("cannot install the signal handlers: {err}")))?;
@@ -293,12 +300,13 @@ fn real(
                         }
                         Ok(Outcome::Failed) => {
                             outcome = Outcome::Failed;
-                            return Err(Error::Usage(format!(
+                            failure = Some(format!(
                                 "run {} of `{}` failed ({} component(s) did not come up); `razar status` and `razar logs NAME` show why",
                                 run + 1,
                                 strategy.as_str(),
                                 measure.failed.max(1)
-                            )));
+                            ));
+                            return Ok(());
                         }
                         Err(exec::RunError::InvalidPlan(problems)) => {
                             return Err(Error::Usage(format!(
@@ -363,6 +371,7 @@ fn real(
             critical_path_ms: bound.timeline.critical_path_ms,
             strategies: results,
             interrupted: outcome == Outcome::Interrupted,
+            failure,
             stored_order,
         },
         outcome,
@@ -543,6 +552,7 @@ fn simulated(
             critical_path_ms: median(&criticals),
             strategies,
             interrupted: false,
+            failure: None,
             stored_order,
         },
         Outcome::Success,

@@ -265,3 +265,24 @@ components:
         assert_ne!(c["alive"], true, "nothing left running: {c}");
     }
 }
+
+#[test]
+fn bench_stops_at_a_failed_boot_with_exit_code_1() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("razar.yaml"),
+        "version: 1\nstate_dir: state\ncomponents:\n  - {name: broken, kind: task, command: [\"false\"], restart: {policy: never}}\n",
+    )
+    .expect("write config");
+    let out = razar(dir.path())
+        .args(["bench", "--runs", "3"])
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .expect("razar runs");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("stopped: run 1 of `priority` failed"),
+        "{text}"
+    );
+}

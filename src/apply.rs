@@ -71,21 +71,21 @@ pub fn load_saved_plan(path: &Path) -> Result<Plan, Error> {
         path: path.to_path_buf(),
         source,
     })?;
-    let plan: Plan = serde_json::from_str(&text).map_err(|err| {
+    // Paths in a plan file are relative to the directory it is run from.
+    let base = std::env::current_dir().map_err(|source| Error::Read {
+        path: PathBuf::from("."),
+        source,
+    })?;
+    let plan = Plan::from_json(&text, &base).map_err(|err| {
+        let detail = match &err {
+            plan::PlanFileError::Syntax(source) => format!("{err}: {source}"),
+            plan::PlanFileError::Version { .. } => err.to_string(),
+        };
         Error::Usage(format!(
-            "`{}` is not a razar plan file ({err}); write one with `razar plan -o FILE`",
+            "`{}` cannot be run: {detail}; write a plan with `razar plan -o FILE`",
             path.display()
         ))
     })?;
-    if plan.format != plan::PLAN_FORMAT {
-        return Err(Error::Usage(format!(
-            "`{}` has plan format {}, this razar runs format {}; run `razar plan -o {}` again",
-            path.display(),
-            plan.format,
-            plan::PLAN_FORMAT,
-            path.display()
-        )));
-    }
     let stale = |why: String| {
         Error::Usage(format!(
             "plan `{}` is stale: {why}; run `razar plan{} -o {}` again",

@@ -32,29 +32,37 @@ pub fn exit_info(status: std::process::ExitStatus) -> ExitInfo {
 }
 
 /// The environment a component (and its exec probe and stop command) runs with, on top of
-/// razar's own: the step's `env`, its layer's virtual environment first on `PATH` with
-/// `VIRTUAL_ENV` set, and `RAZAR_STATE_DIR`, `RAZAR_COMPONENT`, `RAZAR_RUN_ID` (which also let
-/// a later `--resume` or `razar down` recognise the process; the step cannot override them).
+/// razar's own: the step's `env`; the step's `path` directories and, for a step with
+/// `layer: L`, `<state_dir>/venv/L/bin` first on `PATH`, with `VIRTUAL_ENV` set to the layer's
+/// environment; and `RAZAR_STATE_DIR`, `RAZAR_COMPONENT`, `RAZAR_RUN_ID` (which also let a later
+/// `--resume` or `razar down` recognise the process; the step cannot override them).
 pub fn environment(step: &Step, state_dir: &Path, run_id: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = step
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let mut front: Vec<PathBuf> = step.path.clone();
     if let Some(layer) = &step.layer {
         let venv = state_dir.join("venv").join(layer);
+        let bin = venv.join("bin");
+        if !front.contains(&bin) {
+            front.push(bin);
+        }
+        env.retain(|(k, _)| k != "VIRTUAL_ENV");
+        env.push(("VIRTUAL_ENV".to_owned(), venv.display().to_string()));
+    }
+    if !front.is_empty() {
         let inherited = step
             .env
             .get("PATH")
             .cloned()
             .or_else(|| std::env::var("PATH").ok())
             .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_owned());
-        env.retain(|(k, _)| k != "PATH" && k != "VIRTUAL_ENV");
-        env.push((
-            "PATH".to_owned(),
-            format!("{}:{inherited}", venv.join("bin").display()),
-        ));
-        env.push(("VIRTUAL_ENV".to_owned(), venv.display().to_string()));
+        let mut path: Vec<String> = front.iter().map(|d| d.display().to_string()).collect();
+        path.push(inherited);
+        env.retain(|(k, _)| k != "PATH");
+        env.push(("PATH".to_owned(), path.join(":")));
     }
     env.retain(|(k, _)| {
         !matches!(

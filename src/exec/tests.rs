@@ -38,6 +38,7 @@ fn step(name: &str, kind: Kind, script: Option<&str>) -> Step {
         },
         env: BTreeMap::new(),
         cwd: None,
+        path: Vec::new(),
         layer: None,
         daemonizes: false,
         optional: false,

@@ -118,6 +118,7 @@ def main():
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--json")
     p.add_argument("--skip-planning", action="store_true")
+    p.add_argument("--planning-only", action="store_true")
     args = p.parse_args()
     ninjas = []
     for path in args.ninja:
@@ -126,7 +127,9 @@ def main():
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
           f"load {os.getloadavg()[0]:.1f}; razar {args.razar}; runs {args.runs}")
     rows = []
-    for jobs in [int(j) for j in args.jobs.split(",")]:
+    if args.planning_only:
+        args.jobs = ""
+    for jobs in [int(j) for j in args.jobs.split(",") if j]:
         for family in args.families.split(","):
             row = family_row(args, family, jobs, ninjas)
             rows.append(row)
@@ -139,8 +142,9 @@ def main():
                   f"({(row['predicted_ms'] - row['critical_path_ms']) / row['critical_path_ms'] * 100:+.1f}%) |",
                   flush=True)
     ratios = [r["critical_path_ms"] / r["lower_bound_ms"] for r in rows]
-    print(f"median critical-path / lower bound: {statistics.median(ratios):.3f} (max {max(ratios):.3f}); "
-          f"load {os.getloadavg()[0]:.1f}")
+    if ratios:
+        print(f"median critical-path / lower bound: {statistics.median(ratios):.3f} (max {max(ratios):.3f}); "
+              f"load {os.getloadavg()[0]:.1f}")
     result = {"rows": rows, "ninjas": [n[0] for n in ninjas]}
     if not args.skip_planning:
         cost = planning_cost(os.path.abspath(args.razar))

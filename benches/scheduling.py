@@ -62,7 +62,7 @@ def family_row(args, family, jobs, ninjas):
         razar = os.path.abspath(args.razar)
         run([razar, "apply", "--until-ready", "--parallelism", str(jobs)], d)
         report = json.loads(run([razar, "bench", "--runs", str(args.runs), "--parallelism", str(jobs),
-                                 "--strategies", "priority,critical-path", "--json"], d))
+                                 "--strategies", args.strategies, "--json"], d))
         by = {s["strategy"]: s for s in report["strategies"]}
         row = {
             "family": family,
@@ -75,6 +75,9 @@ def family_row(args, family, jobs, ninjas):
             "priority_ms": by["priority"]["median_ms"],
             "ninja": {},
         }
+        if "explore" in by:
+            row["explore_ms"] = by["explore"]["median_ms"]
+            row["explore_predicted_ms"] = by["explore"]["predicted_ms"]
         for label, ninja in ninjas:
             row["ninja"][label] = statistics.median(ninja_runs(ninja, d, jobs, args.runs))
         return row
@@ -117,6 +120,8 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--json")
+    p.add_argument("--strategies", default="priority,critical-path",
+                   help="razar strategies to bench (must include priority and critical-path; add explore)")
     p.add_argument("--skip-planning", action="store_true")
     p.add_argument("--planning-only", action="store_true")
     args = p.parse_args()
@@ -141,6 +146,9 @@ def main():
                   f"| {ninja_cols} | {row['predicted_ms'] / 1000:.3f} s "
                   f"({(row['predicted_ms'] - row['critical_path_ms']) / row['critical_path_ms'] * 100:+.1f}%) |",
                   flush=True)
+            if "explore_ms" in row:
+                print(f"|   explore: {row['explore_ms'] / 1000:.3f} s measured, "
+                      f"{row['explore_predicted_ms'] / 1000:.3f} s predicted |", flush=True)
     ratios = [r["critical_path_ms"] / r["lower_bound_ms"] for r in rows]
     if ratios:
         print(f"median critical-path / lower bound: {statistics.median(ratios):.3f} (max {max(ratios):.3f}); "

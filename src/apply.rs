@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use crate::error::Error;
 use crate::exec::{self, CancelReason, Outcome, PriorStatus, Shutdown};
-use crate::plan::{self, Plan, Strategy};
+use crate::plan::{self, Plan};
 use crate::report::Reporter;
 use crate::state::Store;
 
@@ -32,7 +32,8 @@ pub struct ApplyRequest {
     pub json: bool,
     pub follow: bool,
     pub parallelism: Option<usize>,
-    pub strategy: Strategy,
+    /// `--strategy`, `--pessimistic`, `--flaky-threshold`.
+    pub learning: crate::learned::Learning,
 }
 
 /// Splits `apply`'s positional arguments into a saved plan file and targets: an argument that
@@ -115,13 +116,15 @@ fn build_plan(request: &ApplyRequest) -> Result<(Plan, Store), Error> {
     let graph = crate::graph::load(&request.files)?;
     let selected = graph.select(&request.targets)?;
     let store = Store::open(&graph.config().state_dir)?;
-    let options = plan::Options {
-        targets: request.targets.clone(),
-        parallelism: request.parallelism,
-        strategy: request.strategy,
-        exclude: store.exclusions(),
-        history: crate::state::weights(&store.history(), graph.components(), false),
-    };
+    let options = crate::learned::options(
+        &graph,
+        request.targets.clone(),
+        request.parallelism,
+        &request.learning,
+        &store.history(),
+        &store.explored(),
+        store.exclusions(),
+    );
     Ok((plan::build(&graph, &selected, &options), store))
 }
 
@@ -158,6 +161,9 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
         request.json,
         std::io::stdout().is_terminal(),
     ));
+    if !request.resume {
+        reporter = reporter.with_predictions(&plan);
+    }
     if !request.until_ready {
         reporter = reporter.with_boot_hint(
             "supervising; Ctrl-C (or `razar down`) stops the stack, a second Ctrl-C kills it",
@@ -213,7 +219,7 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     }
 }
 
-fn check(plan: &Plan) -> Result<(), Error> {
+pub(crate) fn check(plan: &Plan) -> Result<(), Error> {
     exec::check(plan).map_err(|problems| {
         Error::Usage(format!(
             "the plan cannot be executed:\n  {}",
@@ -222,7 +228,7 @@ fn check(plan: &Plan) -> Result<(), Error> {
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -230,7 +236,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 }
 
 /// A fresh apply must not start a second copy of what an earlier run left running.
-fn refuse_leftovers(plan: &Plan) -> Result<(), Error> {
+pub(crate) fn refuse_leftovers(plan: &Plan) -> Result<(), Error> {
     let leftovers = exec::leftovers(&plan.state_dir);
     if leftovers.is_empty() {
         return Ok(());

@@ -64,9 +64,8 @@ pub enum Command {
         /// Components in their start-up phase at once (default: the config's, else CPU count).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         parallelism: Option<u32>,
-        /// Ordering strategy.
-        #[arg(long, value_enum, default_value_t = Strategy::Priority)]
-        strategy: Strategy,
+        #[command(flatten)]
+        planning: PlanningArgs,
     },
     /// Boot the stack in dependency order, then supervise it until Ctrl-C or `razar down`.
     ///
@@ -102,9 +101,50 @@ pub enum Command {
         /// Components in their start-up phase at once (default: the config's, else CPU count).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         parallelism: Option<u32>,
-        /// Ordering strategy.
-        #[arg(long, value_enum, default_value_t = Strategy::Priority)]
-        strategy: Strategy,
+        #[command(flatten)]
+        planning: PlanningArgs,
+    },
+    /// Compare ordering strategies: boot the stack to ready N times per strategy (or simulate
+    /// it), and print time to ready per strategy against the lower bound.
+    ///
+    /// Real runs are recorded in history like any apply (the stack is shut down cleanly after
+    /// each). `explore` stores the best order it finds for this configuration; later plans
+    /// use it.
+    #[command(after_help = EXIT_CODES)]
+    Bench {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Boots per strategy.
+        #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        runs: u32,
+        /// Strategies to compare, comma-separated.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "priority,critical-path,explore"
+        )]
+        strategies: Vec<Strategy>,
+        /// Simulate the boots on predicted durations instead of starting processes: each run
+        /// samples every component's duration from its history range (else its estimate
+        /// ±jitter), the same samples for every strategy.
+        #[arg(long)]
+        simulate: bool,
+        /// Seed of the simulated samples (same seed, same figures).
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "simulate")]
+        seed: u64,
+        /// Relative jitter of simulated durations without history (0.1 = ±10%).
+        #[arg(long, value_name = "F", default_value_t = 0.1, requires = "simulate")]
+        jitter: f64,
+        /// Components in their start-up phase at once (default: the config's, else CPU count).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        parallelism: Option<u32>,
+        /// Weigh components by their history p90 instead of p50.
+        #[arg(long)]
+        pessimistic: bool,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop a stack: signal the running `razar apply`, or stop what an earlier
     /// `apply --until-ready --keep-running` (or a killed apply) left running.
@@ -163,6 +203,38 @@ pub enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+}
+
+/// How to order the boot.
+#[derive(Debug, clap::Args)]
+pub struct PlanningArgs {
+    /// Ordering strategy. Default: `explore` when a search stored an order for this
+    /// configuration, `critical-path` once history exists, else `priority`.
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
+    /// Weigh components by their history p90 instead of p50.
+    #[arg(long)]
+    pub pessimistic: bool,
+    /// Failure rate (0 to 1) from which a component is flagged flaky in the plan.
+    #[arg(long, value_name = "RATE", default_value_t = razar::plan::DEFAULT_FLAKY_THRESHOLD, value_parser = rate)]
+    pub flaky_threshold: f64,
+}
+
+impl PlanningArgs {
+    pub fn learning(&self) -> razar::learned::Learning {
+        razar::learned::Learning {
+            strategy: self.strategy,
+            pessimistic: self.pessimistic,
+            flaky_threshold: self.flaky_threshold,
+        }
+    }
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{text}` is not a rate between 0 and 1 (e.g. 0.2)")),
+    }
 }
 
 /// Where the state directory is: the config's `state_dir`, or `--state-dir`.

@@ -6,6 +6,7 @@
 //! persists and `report` shows. See `docs/architecture.md`.
 
 pub mod apply;
+pub mod bench;
 pub mod classify;
 pub mod config;
 pub mod diag;
@@ -13,6 +14,7 @@ pub mod duration;
 pub mod error;
 pub mod exec;
 pub mod graph;
+pub mod learned;
 pub mod plan;
 pub mod report;
 pub mod state;

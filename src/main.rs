@@ -136,21 +136,22 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
             format,
             out,
             parallelism,
-            strategy,
+            planning,
         } => {
             let graph = load_graph(&config)?;
             let selected = graph.select(&targets)?;
             // Quarantined components stay out and history weighs the rest; reading state
             // never creates it and works while an apply holds the database.
             let known = razar::state::read(&graph.config().state_dir)?;
-            let mut options = plan::Options {
+            let options = razar::learned::options(
+                &graph,
                 targets,
-                parallelism: parallelism.map(|p| p as usize),
-                strategy,
-                ..plan::Options::default()
-            };
-            options.exclude = known.exclusions();
-            options.history = razar::state::weights(&known.history, graph.components(), false);
+                parallelism.map(|p| p as usize),
+                &planning.learning(),
+                &known.history,
+                &known.explored,
+                known.exclusions(),
+            );
             let plan = plan::build(&graph, &selected, &options);
             // Paths in plan files are relative to the directory the plan is made in.
             let base = std::env::current_dir().map_err(|source| Error::Read {
@@ -188,7 +189,7 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
             json,
             follow,
             parallelism,
-            strategy,
+            planning,
         } => {
             let (plan_file, targets) = razar::apply::split_positionals(&targets)?;
             let files = match &plan_file {
@@ -211,8 +212,38 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
                 json,
                 follow,
                 parallelism: parallelism.map(|p| p as usize),
-                strategy,
+                learning: planning.learning(),
             });
+        }
+        Command::Bench {
+            config,
+            runs,
+            strategies,
+            simulate,
+            seed,
+            jitter,
+            parallelism,
+            pessimistic,
+            json,
+        } => {
+            let request = razar::bench::BenchRequest {
+                files: config_paths(&config)?,
+                runs: runs as usize,
+                strategies,
+                simulate,
+                seed,
+                jitter,
+                parallelism: parallelism.map(|p| p as usize),
+                pessimistic,
+            };
+            let (report, outcome) = razar::bench::bench(&request)?;
+            let text = if json {
+                report.to_json()
+            } else {
+                report.render_text()
+            };
+            let _ = stdout.write_all(text.as_bytes());
+            return Ok(outcome);
         }
         Command::Down { config, json } => {
             drop(stdout);

@@ -180,6 +180,7 @@ impl Shared {
 pub struct Reporter {
     mode: Mode,
     boot_hint: Option<String>,
+    predicted: Option<Predicted>,
     shared: Arc<Shared>,
     ticker: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
 }
@@ -228,6 +229,7 @@ impl Reporter {
         Reporter {
             mode,
             boot_hint: None,
+            predicted: None,
             shared,
             ticker,
         }
@@ -236,6 +238,22 @@ impl Reporter {
     /// A line shown under "boot finished" in human modes (e.g. how to stop the stack).
     pub fn with_boot_hint(mut self, hint: impl Into<String>) -> Self {
         self.boot_hint = Some(hint.into());
+        self
+    }
+
+    /// Compare the boot with the plan's predicted timeline: after "boot finished", human
+    /// modes show per component the predicted and actual ready time.
+    pub fn with_predictions(mut self, plan: &crate::plan::Plan) -> Self {
+        self.predicted = Some(Predicted {
+            makespan_ms: plan.timeline.makespan_ms,
+            steps: plan
+                .steps
+                .iter()
+                .filter(|s| s.command.is_some() && s.blocked.is_none())
+                .map(|s| (s.name.clone(), s.predicted_ready_ms))
+                .collect(),
+            actual: BTreeMap::new(),
+        });
         self
     }
 
@@ -277,7 +295,17 @@ impl Reporter {
         self.shared.screen().line(&line);
     }
 
-    fn human(&self, event: &Event) {
+    fn human(&mut self, event: &Event) {
+        if let (
+            Some(predicted),
+            EventKind::Ready { component, .. } | EventKind::Completed { component, .. },
+        ) = (&mut self.predicted, &event.kind)
+        {
+            predicted
+                .actual
+                .entry(component.clone())
+                .or_insert(event.at_ms);
+        }
         let mut progress = self.shared.progress();
         if let Some(name) = event.kind.component() {
             progress.name_width = progress.name_width.max(name.len().min(32));
@@ -332,6 +360,13 @@ impl Reporter {
         for line in lines {
             screen.line(&line);
         }
+        if let (EventKind::BootFinished { elapsed_ms, .. }, Some(predicted)) =
+            (&event.kind, &self.predicted)
+        {
+            for line in predicted.compare(*elapsed_ms) {
+                screen.line(&format!("{:>9} {line}", ""));
+            }
+        }
         if let (EventKind::BootFinished { .. }, Some(hint)) = (&event.kind, &self.boot_hint) {
             screen.line(&format!("{:>9} {hint}", ""));
         }
@@ -358,6 +393,69 @@ impl Drop for Reporter {
             let _ = handle.join();
         }
         self.shared.screen().finish();
+    }
+}
+
+/// The plan's predicted ready times and the actual ones seen so far.
+struct Predicted {
+    makespan_ms: u64,
+    /// Predicted ready time by component (steps that run a process).
+    steps: BTreeMap<String, u64>,
+    actual: BTreeMap<String, u64>,
+}
+
+/// Components listed in the comparison; beyond it only the largest differences are shown.
+const COMPARE_ROWS: usize = 12;
+
+impl Predicted {
+    /// "predicted vs actual" lines: the boot as a whole, then the components whose actual
+    /// ready time differs most from the prediction.
+    fn compare(&self, elapsed_ms: u64) -> Vec<String> {
+        let signed = |delta: i64| {
+            let sign = if delta < 0 { "-" } else { "+" };
+            format!("{sign}{}", millis(delta.unsigned_abs()))
+        };
+        let mut rows: Vec<(&str, u64, u64, i64)> = self
+            .steps
+            .iter()
+            .filter_map(|(name, &predicted)| {
+                let actual = *self.actual.get(name)?;
+                Some((
+                    name.as_str(),
+                    predicted,
+                    actual,
+                    actual as i64 - predicted as i64,
+                ))
+            })
+            .collect();
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let mut lines = vec![format!(
+            "predicted {} vs actual {} ({}); ready at, predicted → actual:",
+            millis(self.makespan_ms),
+            millis(elapsed_ms),
+            signed(elapsed_ms as i64 - self.makespan_ms as i64)
+        )];
+        let total = rows.len();
+        rows.sort_by_key(|r| (std::cmp::Reverse(r.3.unsigned_abs()), r.0));
+        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).min(32);
+        for (name, predicted, actual, delta) in rows.iter().take(COMPARE_ROWS) {
+            lines.push(format!(
+                "  {name:<width$}  {:>8} → {:>8}  {}",
+                millis(*predicted),
+                millis(*actual),
+                signed(*delta)
+            ));
+        }
+        if total > COMPARE_ROWS {
+            lines.push(format!(
+                "  … {} more within {} of their prediction",
+                total - COMPARE_ROWS,
+                millis(rows[COMPARE_ROWS].3.unsigned_abs())
+            ));
+        }
+        lines
     }
 }
 

@@ -51,6 +51,7 @@ fn step(name: &str, kind: Kind, script: Option<&str>) -> Step {
         predicted_ready_ms: 0,
         reasons: Vec::new(),
         blocked: None,
+        failures: None,
     }
 }
 
@@ -91,6 +92,7 @@ fn plan(dir: &Path, parallelism: usize, steps: Vec<Step>) -> Plan {
             total_work_ms: 0,
             lower_bound_ms: 0,
         },
+        explored: None,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod apply;
 mod bad_input;
+mod history;
 mod plan;
 mod resume;
 mod schemas;

@@ -9,11 +9,15 @@
 //! Durability: a sled flush costs ~70–120 µs here, too much for every event of a large boot,
 //! and sled's unflushed writes live in razar's memory, lost if razar is killed. So every
 //! [`Batch`] is first appended to `<state_dir>/db.journal` with one `write` (in the kernel's
-//! page cache as soon as it returns: it survives razar being killed at any instant), then
-//! applied to sled. Opening the database replays the journal; a checkpoint (sled flush, then
-//! journal truncation) runs when the journal passes [`JOURNAL_CHECKPOINT`] and on close. The
-//! journal is always ahead of sled, so a replay never moves state backwards.
+//! page cache as soon as it returns: it survives razar being killed at any instant), and kept
+//! in memory as the latest value of each key it writes; reads see those values first. sled
+//! receives them at a checkpoint, which runs when the journal passes [`JOURNAL_CHECKPOINT`] and
+//! on close: every key written since the last one is applied once (a component checkpointed
+//! at spawn and again at exit costs sled one insert), sled is flushed, and the journal
+//! emptied. Opening the database replays the journal. The journal is always ahead of sled, so
+//! a replay never moves state backwards.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -152,11 +156,16 @@ struct Journal {
     len: u64,
 }
 
+/// Writes that are in the journal but not yet in sled: per tree and key, the latest value
+/// (`None`: removed).
+type Pending = BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>>;
+
 pub(crate) struct Db {
     path: PathBuf,
     db: sled::Db,
     trees: [sled::Tree; 5],
     journal: Mutex<Journal>,
+    pending: Mutex<Pending>,
 }
 
 /// Why opening failed: another process has the database open, or something else.
@@ -230,6 +239,7 @@ impl Db {
                 file: None,
                 len: 0,
             }),
+            pending: Mutex::new(Pending::new()),
         };
         db.replay().map_err(OpenError::Failed)?;
         Ok(db)
@@ -311,10 +321,17 @@ impl Db {
         tree: Tree,
         key: &[u8],
     ) -> Result<Option<T>, StateError> {
-        let value = self
-            .tree(tree)
-            .get(key)
-            .map_err(|err| self.error(format!("cannot read `{}`: {err}", tree.name())))?;
+        let pending = lock(&self.pending)
+            .get(&(tree as usize, key.to_vec()))
+            .cloned();
+        let value = match pending {
+            Some(value) => value,
+            None => self
+                .tree(tree)
+                .get(key)
+                .map_err(|err| self.error(format!("cannot read `{}`: {err}", tree.name())))?
+                .map(|bytes| bytes.to_vec()),
+        };
         value
             .map(|bytes| serde_json::from_slice(&bytes).map_err(|err| self.corrupt(tree, key, err)))
             .transpose()
@@ -322,13 +339,23 @@ impl Db {
 
     /// Every record of a tree, in key order.
     pub fn all<T: DeserializeOwned>(&self, tree: Tree) -> Result<Vec<(Vec<u8>, T)>, StateError> {
-        let mut out = Vec::new();
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for item in self.tree(tree).iter() {
             let (key, bytes) =
                 item.map_err(|err| self.error(format!("cannot read `{}`: {err}", tree.name())))?;
+            merged.insert(key.to_vec(), Some(bytes.to_vec()));
+        }
+        for ((t, key), value) in lock(&self.pending).iter() {
+            if *t == tree as usize {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        let mut out = Vec::with_capacity(merged.len());
+        for (key, bytes) in merged {
+            let Some(bytes) = bytes else { continue };
             let value =
                 serde_json::from_slice(&bytes).map_err(|err| self.corrupt(tree, &key, err))?;
-            out.push((key.to_vec(), value));
+            out.push((key, value));
         }
         Ok(out)
     }
@@ -343,7 +370,8 @@ impl Db {
             .map_err(|err| self.error(format!("cannot write: {err}")))
     }
 
-    /// Makes `batch` durable against razar being killed (one journal append), then applies it.
+    /// Makes `batch` durable against razar being killed (one journal append); sled receives it
+    /// at the next checkpoint.
     pub fn commit(&self, batch: Batch) -> Result<(), StateError> {
         if batch.ops.is_empty() {
             return Ok(());
@@ -370,8 +398,14 @@ impl Db {
             journal.len += bytes.len() as u64;
             journal.len >= JOURNAL_CHECKPOINT
         };
-        for op in batch.ops {
-            self.apply_op(op)?;
+        {
+            let mut pending = lock(&self.pending);
+            for op in batch.ops {
+                match op {
+                    Op::Put(tree, key, value) => pending.insert((tree as usize, key), Some(value)),
+                    Op::Remove(tree, key) => pending.insert((tree as usize, key), None),
+                };
+            }
         }
         if checkpoint {
             self.checkpoint()?;
@@ -401,9 +435,23 @@ impl Db {
         Ok(())
     }
 
-    /// Flushes sled to disk, then empties the journal it made redundant. Callers must not
+    /// Applies the writes sled has not received yet (each key once, one batch per tree),
+    /// flushes sled to disk, then empties the journal it made redundant. Callers must not
     /// commit concurrently (the store commits under one lock).
     pub fn checkpoint(&self) -> Result<(), StateError> {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        let mut batches: [sled::Batch; 5] = Default::default();
+        for ((tree, key), value) in pending {
+            match value {
+                Some(value) => batches[tree].insert(key, value),
+                None => batches[tree].remove(key),
+            }
+        }
+        for (tree, batch) in TREES.into_iter().zip(batches) {
+            self.tree(tree)
+                .apply_batch(batch)
+                .map_err(|err| self.error(format!("cannot write `{}`: {err}", tree.name())))?;
+        }
         self.flush_sled()?;
         self.truncate_journal()
     }

@@ -1051,9 +1051,14 @@ impl Recorder {
             let (name, detail) = note_of(&event.kind);
             push_note(&mut live, name, at, event.kind.component(), detail);
         }
+        // The writer needs waking only for the first change since its last rewrite; later
+        // ones find it already due (a wake-up per event would cost a futex call each).
+        let first_change = live.changed == live.written;
         live.changed += 1;
         drop(live);
-        board.wake.notify_all();
+        if first_change {
+            board.wake.notify_all();
+        }
 
         if let Some(record) = quarantined {
             files::write_quarantine(&board.paths, &record)?;

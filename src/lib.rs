@@ -6,11 +6,13 @@
 //! persists and `report` shows. See `docs/architecture.md`.
 
 pub mod config;
+pub mod crown;
 pub mod diag;
 pub mod duration;
 pub mod error;
 pub mod exec;
 pub mod graph;
 pub mod plan;
+pub mod state;
 
 pub use error::Error;

@@ -18,6 +18,7 @@ use crate::graph::Graph;
 mod order;
 mod render;
 mod simulate;
+pub mod suggest;
 
 pub use order::Strategy;
 pub use render::{render_gantt_mermaid, render_text};
@@ -48,6 +49,9 @@ pub struct Plan {
     /// Components left out of this boot (quarantined, under downtime, skipped), with why.
     pub excluded: Vec<Excluded>,
     pub timeline: Timeline,
+    /// Crown suggestions considered for this plan, applied or rejected, with provenance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<suggest::Outcome>,
 }
 
 /// One component in the plan, with everything the executor needs to run it.
@@ -166,10 +170,15 @@ pub struct Options {
     pub exclude: BTreeMap<String, String>,
     /// Predicted durations known from history, by component name.
     pub history: BTreeMap<String, (Duration, WeightSource)>,
+    /// Crown suggestions to merge, in the order received (see [`suggest`]).
+    pub suggestions: Vec<suggest::Sourced>,
 }
 
 /// Builds the plan for the selected part of `graph`.
 pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Plan {
+    if !options.suggestions.is_empty() {
+        return suggest::build(graph, selected, options);
+    }
     let config = graph.config();
     let parallelism = options.parallelism.unwrap_or(config.parallelism).max(1);
     let weights: Vec<(u64, WeightSource)> = graph
@@ -338,6 +347,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
             total_work_ms,
             lower_bound_ms,
         },
+        suggestions: Vec::new(),
     }
 }
 

@@ -1,0 +1,339 @@
+//! The files Crown exchanges leave in the state directory, for operators and audits:
+//!
+//! - `mission_briefs/<stamp>.json` — the handshake razar sent, and
+//!   `mission_briefs/<stamp>_response.json` — Crown's reply (or why there was none);
+//!   at most [`KEEP_PAIRS`] pairs are kept, the oldest removed together with their files;
+//! - `mission_briefs/<stamp>_<model>_launch.json` — a model launched because Crown lacked it;
+//! - `interaction_log.jsonl` — one line per exchange: timestamp, initiator, action, summary.
+//!
+//! `<stamp>` is the UTC time with colons replaced (`2025-09-02T12-00-00.123456Z`), so names
+//! sort by time and are valid on every file system. Every file is written atomically. The
+//! Crown token is never given to this module, so it cannot end up in these files.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, write_atomic};
+
+/// Brief/response pairs kept in `mission_briefs/`.
+pub const KEEP_PAIRS: usize = 20;
+
+pub const BRIEFS_DIR: &str = "mission_briefs";
+pub const INTERACTION_LOG: &str = "interaction_log.jsonl";
+
+/// One line of `interaction_log.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interaction {
+    /// RFC 3339 UTC.
+    pub timestamp: String,
+    /// Who started the exchange: `razar`, `operator` or `crown`.
+    pub initiator: String,
+    /// `handshake`, `suggestions`, `model_launch`, `status_stream`, …
+    pub action: String,
+    pub response_summary: String,
+}
+
+/// The Crown files of one state directory.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    state_dir: PathBuf,
+}
+
+impl Archive {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    pub fn briefs_dir(&self) -> PathBuf {
+        self.state_dir.join(BRIEFS_DIR)
+    }
+
+    pub fn interaction_log(&self) -> PathBuf {
+        self.state_dir.join(INTERACTION_LOG)
+    }
+
+    /// Archives a handshake — the message sent and the reply (or the failure record) — then
+    /// drops the oldest pairs beyond [`KEEP_PAIRS`]. Returns the stamp naming the pair.
+    pub fn record_handshake(
+        &self,
+        at: SystemTime,
+        sent: &Value,
+        response: &Value,
+    ) -> Result<String, Error> {
+        let dir = self.briefs_dir();
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        let stamp = self.free_stamp(at);
+        write_atomic(&dir.join(format!("{stamp}.json")), &pretty(sent))?;
+        write_atomic(
+            &dir.join(format!("{stamp}_response.json")),
+            &pretty(response),
+        )?;
+        self.rotate()?;
+        Ok(stamp)
+    }
+
+    /// Archives the outcome of a model launch next to the handshake that caused it.
+    pub fn record_launch(
+        &self,
+        stamp: &str,
+        model: &str,
+        record: &Value,
+    ) -> Result<PathBuf, Error> {
+        let path = self
+            .briefs_dir()
+            .join(format!("{stamp}_{}_launch.json", file_safe(model)));
+        write_atomic(&path, &pretty(record))?;
+        Ok(path)
+    }
+
+    /// Appends one line to `interaction_log.jsonl` (one `write` of a whole line, so
+    /// concurrent writers never interleave within a line).
+    pub fn log(&self, entry: &Interaction) -> Result<(), Error> {
+        let path = self.interaction_log();
+        let wrap = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.state_dir).map_err(wrap)?;
+        let mut line = serde_json::to_string(entry).expect("interaction entries serialise");
+        line.push('\n');
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(wrap)?;
+        file.write_all(line.as_bytes()).map_err(wrap)
+    }
+
+    /// Every line of the interaction log that parses (a torn last line is skipped).
+    pub fn interactions(&self) -> Vec<Interaction> {
+        std::fs::read_to_string(self.interaction_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// The stamps of the archived pairs, oldest first.
+    pub fn pairs(&self) -> Vec<String> {
+        let groups = self.groups();
+        groups
+            .into_iter()
+            .filter(|(_, files)| files.iter().any(|f| f.is_brief))
+            .map(|(stamp, _)| stamp)
+            .collect()
+    }
+
+    /// Archive files grouped by stamp (files that razar did not name are left out).
+    fn groups(&self) -> BTreeMap<String, Vec<Archived>> {
+        let mut groups: BTreeMap<String, Vec<Archived>> = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(self.briefs_dir()) else {
+            return groups;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(base) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let (stamp, rest) = match base.split_once('_') {
+                Some((stamp, rest)) => (stamp, Some(rest)),
+                None => (base, None),
+            };
+            if !is_stamp(stamp) {
+                continue;
+            }
+            groups.entry(stamp.to_owned()).or_default().push(Archived {
+                path: entry.path(),
+                is_brief: rest.is_none(),
+            });
+        }
+        groups
+    }
+
+    /// Removes the oldest pairs (with their launch records) beyond [`KEEP_PAIRS`].
+    fn rotate(&self) -> Result<(), Error> {
+        let groups = self.groups();
+        let pairs: Vec<&String> = groups
+            .iter()
+            .filter(|(_, files)| files.iter().any(|f| f.is_brief))
+            .map(|(stamp, _)| stamp)
+            .collect();
+        let excess = pairs.len().saturating_sub(KEEP_PAIRS);
+        for stamp in pairs.into_iter().take(excess) {
+            for file in &groups[stamp] {
+                match std::fs::remove_file(&file.path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(Error::Write {
+                            path: file.path.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A stamp for `at` that no archived file uses yet.
+    fn free_stamp(&self, at: SystemTime) -> String {
+        let base = stamp(at);
+        let taken = self.groups();
+        if !taken.contains_key(&base) {
+            return base;
+        }
+        (1..)
+            .map(|n| format!("{base}-{n}"))
+            .find(|candidate| !taken.contains_key(candidate))
+            .expect("some numbered stamp is free")
+    }
+}
+
+struct Archived {
+    path: PathBuf,
+    is_brief: bool,
+}
+
+/// `2025-09-02T12:00:00.123456Z` → `2025-09-02T12-00-00.123456Z`.
+pub fn stamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_micros(at)
+        .to_string()
+        .replace(':', "-")
+}
+
+/// Whether a file-name prefix is a stamp razar (or ABZU) wrote: `YYYY-MM-DDTHH-MM-SS…Z`,
+/// optionally followed by `-N`.
+fn is_stamp(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= 20
+        && bytes[..4].iter().all(u8::is_ascii_digit)
+        && bytes[4] == b'-'
+        && bytes[10] == b'T'
+        && text.contains('Z')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'T' | b'Z' | b'.'))
+}
+
+/// A model name as a file-name part: anything outside `[A-Za-z0-9.-]` becomes `-`.
+fn file_safe(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if safe.is_empty() || safe.chars().all(|c| c == '.') {
+        "model".to_owned()
+    } else {
+        safe
+    }
+}
+
+fn pretty(value: &Value) -> Vec<u8> {
+    let mut text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+    text.push('\n');
+    text.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn pairs_rotate_together_with_their_launch_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let archive = Archive::new(dir.path());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let first = archive
+            .record_handshake(
+                t0,
+                &serde_json::json!({"n": 0}),
+                &serde_json::json!({"ack": "ok"}),
+            )
+            .expect("archived");
+        archive
+            .record_launch(&first, "GLM-4.1V", &serde_json::json!({"ok": true}))
+            .expect("launch archived");
+        std::fs::write(archive.briefs_dir().join("notes.txt"), "operator notes").unwrap();
+        for n in 1..=KEEP_PAIRS {
+            archive
+                .record_handshake(
+                    t0 + Duration::from_secs(n as u64),
+                    &serde_json::json!({"n": n}),
+                    &serde_json::json!({"ack": "ok"}),
+                )
+                .expect("archived");
+        }
+        let pairs = archive.pairs();
+        assert_eq!(pairs.len(), KEEP_PAIRS);
+        assert!(!pairs.contains(&first));
+        let names: Vec<String> = std::fs::read_dir(archive.briefs_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), KEEP_PAIRS * 2 + 1, "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with(&first)), "{names:?}");
+        assert!(names.contains(&"notes.txt".to_owned()));
+    }
+
+    #[test]
+    fn handshakes_in_the_same_microsecond_get_distinct_stamps() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let archive = Archive::new(dir.path());
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let a = archive
+            .record_handshake(t, &Value::Null, &Value::Null)
+            .unwrap();
+        let b = archive
+            .record_handshake(t, &Value::Null, &Value::Null)
+            .unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, "2023-11-14T22-13-20.000000Z");
+        assert_eq!(archive.pairs(), vec![a, b]);
+    }
+
+    #[test]
+    fn the_interaction_log_appends_whole_lines() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let archive = Archive::new(dir.path());
+        for action in ["handshake", "suggestions"] {
+            archive
+                .log(&Interaction {
+                    timestamp: "2025-01-01T00:00:00Z".to_owned(),
+                    initiator: "razar".to_owned(),
+                    action: action.to_owned(),
+                    response_summary: "ok".to_owned(),
+                })
+                .unwrap();
+        }
+        let entries = archive.interactions();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].action, "suggestions");
+    }
+
+    #[test]
+    fn model_names_become_safe_file_names() {
+        assert_eq!(file_safe("GLM-4.1V"), "GLM-4.1V");
+        assert_eq!(file_safe("../x y"), "..-x-y");
+        assert_eq!(file_safe(".."), "model");
+        assert_eq!(file_safe("a_b"), "a-b");
+    }
+}

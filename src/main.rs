@@ -11,8 +11,9 @@ use razar::Error;
 use razar::plan;
 
 mod cli;
+mod crown_cli;
 
-use cli::{Cli, Command, ConfigArgs, PlanFormat};
+use cli::{Cli, Command, ConfigArgs, CrownCommand, PlanFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,6 +43,10 @@ fn exit_for(err: Error) -> ExitCode {
         Error::Usage(message) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
+        }
+        Error::CrownUnavailable(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(3)
         }
         other => {
             let mut message = format!("error: {other}");
@@ -96,6 +101,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             out,
             parallelism,
             strategy,
+            suggestions,
+            crown,
+            offline,
         } => {
             let graph = load_graph(&config)?;
             let selected = graph.select(&targets)?;
@@ -105,7 +113,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 strategy,
                 ..plan::Options::default()
             };
-            let plan = plan::build(&graph, &selected, &options);
+            let crown = crown_cli::PlanCrown {
+                suggestions,
+                url: crown,
+                offline,
+            };
+            let plan = crown_cli::plan(&graph, &selected, options, crown)?;
             let text = match format {
                 PlanFormat::Text => plan::render_text(&plan, std::io::stdout().is_terminal()),
                 PlanFormat::Json => plan.to_json(),
@@ -120,6 +133,24 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if let Some(path) = &out {
                 eprintln!("plan written to {}", path.display());
             }
+        }
+        Command::Crown {
+            command:
+                CrownCommand::Handshake {
+                    brief,
+                    config,
+                    url,
+                    state_dir,
+                    json,
+                },
+        } => {
+            // A config is optional here: a brief file and a URL are enough.
+            let graph = match config_paths(&config) {
+                Ok(paths) => Some(razar::graph::load(&paths)?),
+                Err(_) if brief.is_some() => None,
+                Err(err) => return Err(err),
+            };
+            crown_cli::handshake(brief, graph, url, state_dir, json)?;
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "razar", &mut stdout);

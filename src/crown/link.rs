@@ -234,7 +234,9 @@ impl Failed {
                 "Crown unreachable after {} attempt(s) in {}: {}",
                 self.attempts,
                 crate::duration::display(self.elapsed),
-                self.errors.last().map_or("no attempt made", String::as_str)
+                self.errors.last().map_or("no attempt made", |e| e
+                    .split_once(": ")
+                    .map_or(e.as_str(), |(_, why)| why))
             ),
         }
     }

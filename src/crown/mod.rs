@@ -5,3 +5,4 @@
 
 pub mod link;
 pub mod protocol;
+pub mod session;

@@ -34,12 +34,42 @@ pub struct Brief {
     pub open_issues: Vec<OpenIssue>,
 }
 
-/// One open issue in a brief, in ABZU's shape (`{"id": …, "detail": …}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One open issue in a brief, in ABZU's shape (`{"id": …, "detail": …}`); a bare string is
+/// read as the id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OpenIssue {
     pub id: String,
-    #[serde(default)]
     pub detail: String,
+}
+
+impl<'de> Deserialize<'de> for OpenIssue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Detail {
+            id: String,
+            #[serde(default)]
+            detail: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Id(String),
+            Detail(Detail),
+        }
+        match Raw::deserialize(deserializer) {
+            Ok(Raw::Id(id)) => Ok(OpenIssue {
+                id,
+                detail: String::new(),
+            }),
+            Ok(Raw::Detail(d)) => Ok(OpenIssue {
+                id: d.id,
+                detail: d.detail,
+            }),
+            Err(_) => Err(serde::de::Error::custom(
+                "an open issue is a string or {\"id\": …, \"detail\": …}",
+            )),
+        }
+    }
 }
 
 /// razar → Crown.

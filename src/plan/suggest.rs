@@ -491,46 +491,11 @@ struct File {
 /// Reads a suggestions file (`{"type": "suggestions", "items": [...]}`), reporting problems
 /// with their line and column. What the suggestions ask for is judged later, by planning.
 pub fn load_file(path: &Path) -> Result<Vec<Sourced>, Diagnostics> {
-    let mut diags = Diagnostics::new();
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) => {
-            diags.push(
-                Problem::file(path, format!("cannot read suggestions file: {err}"))
-                    .with_hint("pass a JSON file shaped like Crown's `suggestions` message"),
-            );
-            return Err(diags);
-        }
-    };
-    diags.add_source(path, std::sync::Arc::from(text.as_str()));
-    let mut de = serde_json::Deserializer::from_str(&text);
-    let parsed: Result<File, _> = serde_path_to_error::deserialize(&mut de);
-    let file = match parsed {
-        Ok(file) => file,
-        Err(err) => {
-            let pointer = pointer_of(err.path());
-            let inner = err.into_inner();
-            let problem = if inner.is_syntax() || inner.is_eof() {
-                Problem::at(
-                    path,
-                    &text,
-                    inner.line(),
-                    inner.column(),
-                    1,
-                    format!("invalid JSON: {inner}"),
-                )
-            } else {
-                let locator =
-                    crate::config::locate::Locator::new(std::sync::Arc::from(text.as_str()));
-                locator.problem(path, &text, &pointer, strip_position(&inner.to_string()))
-            };
-            diags.push(problem.with_hint(
-                r#"a suggestions file is {"type": "suggestions", "items": [{"action": "prioritize", "component": "api", "reason": "…"}]}"#,
-            ));
-            return Err(diags);
-        }
-    };
+    let hint = r#"a suggestions file is {"type": "suggestions", "items": [{"action": "prioritize", "component": "api", "reason": "…"}]}"#;
+    let (file, text): (File, String) = read_json(path, "suggestions file", hint)?;
     if file.kind != "suggestions" {
+        let mut diags = Diagnostics::new();
+        diags.add_source(path, std::sync::Arc::from(text.as_str()));
         let locator = crate::config::locate::Locator::new(std::sync::Arc::from(text.as_str()));
         diags.push(
             locator
@@ -554,6 +519,52 @@ pub fn load_file(path: &Path) -> Result<Vec<Sourced>, Diagnostics> {
             suggestion,
         })
         .collect())
+}
+
+/// Reads a JSON input file into `T`, reporting a problem at the line and column where the
+/// text or its shape goes wrong. Returns the text too, for later diagnostics.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    hint: &str,
+) -> Result<(T, String), Diagnostics> {
+    let mut diags = Diagnostics::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            diags.push(Problem::file(path, format!("cannot read {what}: {err}")).with_hint(hint));
+            return Err(diags);
+        }
+    };
+    diags.add_source(path, std::sync::Arc::from(text.as_str()));
+    let mut de = serde_json::Deserializer::from_str(&text);
+    // Trailing garbage after the document is an error too.
+    let parsed: Result<T, (String, serde_json::Error)> =
+        match serde_path_to_error::deserialize(&mut de) {
+            Ok(value) => de.end().map(|()| value).map_err(|err| (String::new(), err)),
+            Err(err) => Err((pointer_of(err.path()), err.into_inner())),
+        };
+    match parsed {
+        Ok(value) => Ok((value, text)),
+        Err((pointer, inner)) => {
+            let problem = if inner.is_syntax() || inner.is_eof() {
+                Problem::at(
+                    path,
+                    &text,
+                    inner.line(),
+                    inner.column(),
+                    1,
+                    format!("invalid JSON: {}", strip_position(&inner.to_string())),
+                )
+            } else {
+                let locator =
+                    crate::config::locate::Locator::new(std::sync::Arc::from(text.as_str()));
+                locator.problem(path, &text, &pointer, strip_position(&inner.to_string()))
+            };
+            diags.push(problem.with_hint(hint));
+            Err(diags)
+        }
+    }
 }
 
 /// serde_path_to_error's path as a JSON pointer (`items[2].action` → `/items/2/action`).

@@ -1,0 +1,568 @@
+//! What a Crown handshake means for a boot: build the mission brief, exchange it (recording
+//! the exchange through `state`), and turn Crown's reply into planning input — downtime to
+//! exclude, suggestions to merge, and launch tasks for the models Crown lacks.
+//!
+//! The plan stays the planner's: this module only prepares the graph and [`Options`] that
+//! `plan::build` receives. It never prints; callers report what it returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use super::link::{self, Connected, Failed, Settings};
+use super::protocol::{self, Brief, HandshakeAck, OpenIssue};
+use crate::config::{self, Component, Config, Format, Kind, Origin, Restart, RestartMode};
+use crate::error::Error;
+use crate::graph::{self, Graph};
+use crate::plan::suggest::{Source, Sourced, Suggestion};
+use crate::plan::{Options, Plan, Reason, ReasonKind};
+use crate::state::crown::{Archive, Interaction};
+
+/// Model launch tasks are named `crown-model.<capability>`.
+pub const MODEL_PREFIX: &str = "crown-model.";
+
+/// The brief for a boot of `selected`: each component's priority, its last known state
+/// (`unknown` when razar has none) and the open issues.
+pub fn brief(
+    graph: &Graph,
+    selected: &BTreeSet<usize>,
+    status: &BTreeMap<String, String>,
+    open_issues: Vec<OpenIssue>,
+) -> Brief {
+    let components = graph.components();
+    Brief {
+        priority_map: selected
+            .iter()
+            .map(|&i| (components[i].name.clone(), components[i].priority))
+            .collect(),
+        current_status: selected
+            .iter()
+            .map(|&i| {
+                let name = &components[i].name;
+                let state = status.get(name).map_or("unknown", String::as_str);
+                (name.clone(), state.to_owned())
+            })
+            .collect(),
+        open_issues,
+    }
+}
+
+/// Reads a brief file: ABZU's mission brief (`priority_map`, `current_status`,
+/// `open_issues`), or a whole `handshake` message carrying one under `brief`.
+pub fn load_brief(path: &std::path::Path) -> Result<Brief, crate::diag::Diagnostics> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        brief: Option<Brief>,
+        #[serde(flatten)]
+        bare: Brief,
+    }
+    let hint = r#"a brief is {"priority_map": {"api": 1}, "current_status": {"api": "ready"}, "open_issues": []}"#;
+    let (file, _): (File, String) = crate::plan::suggest::read_json(path, "brief", hint)?;
+    Ok(file.brief.unwrap_or(file.bare))
+}
+
+/// How a handshake ended.
+#[derive(Debug)]
+pub enum Reached {
+    Online(Box<Connected>),
+    Offline(Failed),
+}
+
+/// A recorded handshake.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The stamp naming the archived brief/response pair.
+    pub stamp: String,
+    pub reached: Reached,
+}
+
+impl Exchange {
+    /// One line for the operator and the interaction log.
+    pub fn summary(&self) -> String {
+        match &self.reached {
+            Reached::Online(c) => ack_summary(&c.ack, c.early_suggestions.len()),
+            Reached::Offline(f) => format!("offline: {}", f.summary()),
+        }
+    }
+
+    /// What the state keeps under `handshake`: the reply, or why there was none.
+    pub fn record(&self, settings: &Settings) -> Value {
+        match &self.reached {
+            Reached::Online(c) => json!({
+                "outcome": "ok",
+                "at": c.at,
+                "url": settings.display_url(),
+                "attempts": c.attempts,
+                "acknowledgement": c.ack.ack,
+                "protocol": c.ack.protocol,
+                "capabilities": c.ack.capabilities,
+                "downtime": c.ack.downtime,
+                "suggestions": c.ack.suggestions.iter().chain(&c.early_suggestions).collect::<Vec<_>>(),
+                "mission_brief": self.stamp,
+            }),
+            Reached::Offline(f) => json!({
+                "outcome": if f.refused.is_some() { "refused" } else { "offline" },
+                "at": f.at,
+                "url": settings.display_url(),
+                "attempts": f.attempts,
+                "error": f.summary(),
+                "errors": f.errors,
+                "acknowledgement": f.refused.as_ref().map(|(ack, _)| ack.ack.clone()),
+                "mission_brief": self.stamp,
+            }),
+        }
+    }
+}
+
+/// `ack ok; capabilities GLM4V; downtime vision; 2 suggestion(s)`.
+pub fn ack_summary(ack: &HandshakeAck, early: usize) -> String {
+    let list = |items: Vec<&str>| {
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    format!(
+        "ack {}; capabilities {}; downtime {}; {} suggestion(s)",
+        ack.ack,
+        list(ack.capabilities.iter().map(String::as_str).collect()),
+        list(ack.downtime.keys().map(String::as_str).collect()),
+        ack.suggestions.len() + early
+    )
+}
+
+/// Exchanges the brief with Crown and records the exchange: the brief/response pair in
+/// `mission_briefs/` and a line in `interaction_log.jsonl`. An unreachable Crown is an
+/// outcome, not an error; only failing to write the records is.
+pub async fn handshake(
+    settings: &Settings,
+    brief: &Brief,
+    archive: &Archive,
+    initiator: &str,
+) -> Result<Exchange, Error> {
+    let reached = match link::handshake(settings, brief).await {
+        Ok(connected) => Reached::Online(Box::new(connected)),
+        Err(failed) => Reached::Offline(failed),
+    };
+    let (sent, response) = match &reached {
+        Reached::Online(c) => (c.sent.clone(), c.raw.clone()),
+        Reached::Offline(f) => (
+            f.sent.clone(),
+            match &f.refused {
+                Some((_, raw)) => raw.clone(),
+                None => json!({
+                    "type": "razar_offline",
+                    "url": settings.display_url(),
+                    "attempts": f.attempts,
+                    "elapsed_ms": crate::duration::millis(f.elapsed),
+                    "error": f.summary(),
+                    "errors": f.errors,
+                }),
+            },
+        ),
+    };
+    let stamp = archive.record_handshake(SystemTime::now(), &sent, &response)?;
+    let exchange = Exchange { stamp, reached };
+    archive.log(&Interaction {
+        timestamp: link::now_rfc3339(),
+        initiator: initiator.to_owned(),
+        action: "handshake".to_owned(),
+        response_summary: exchange.summary(),
+    })?;
+    Ok(exchange)
+}
+
+/// What Crown's reply changes for this boot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Advice {
+    /// Components under downtime, with the reason to show.
+    pub downtime: BTreeMap<String, String>,
+    pub suggestions: Vec<Sourced>,
+    /// Indices into `config.crown.models` of the models Crown does not advertise.
+    pub missing_models: Vec<usize>,
+    /// Things the operator should know (downtime naming no component, protocol mismatch).
+    pub notes: Vec<String>,
+}
+
+/// Reads Crown's reply against the configuration.
+pub fn advise(config: &Config, ack: &HandshakeAck, early: &[Suggestion], at: &str) -> Advice {
+    let mut advice = Advice::default();
+    if let Some(version) = ack.protocol
+        && version != protocol::PROTOCOL
+    {
+        advice.notes.push(format!(
+            "Crown speaks protocol {version}, razar speaks {}: messages razar does not know are skipped",
+            protocol::PROTOCOL
+        ));
+    }
+    for (key, downtime) in &ack.downtime {
+        let matched = config.component(key).map(|c| c.name.clone()).or_else(|| {
+            let wanted = config::normalize(key);
+            config
+                .components
+                .iter()
+                .find(|c| config::normalize(&c.name) == wanted)
+                .map(|c| c.name.clone())
+        });
+        match matched {
+            Some(name) => {
+                let mut reason = String::from("Crown downtime");
+                if !downtime.description.trim().is_empty() {
+                    reason.push_str(": ");
+                    reason.push_str(downtime.description.trim());
+                }
+                if let Some(until) = &downtime.until {
+                    reason.push_str(&format!(" (until {until})"));
+                }
+                advice.downtime.insert(name, reason);
+            }
+            None => advice.notes.push(format!(
+                "Crown lists `{key}` under downtime, but no component is named so: ignored"
+            )),
+        }
+    }
+    advice.suggestions = ack
+        .suggestions
+        .iter()
+        .chain(early)
+        .map(|suggestion| Sourced {
+            source: Source::Handshake { at: at.to_owned() },
+            suggestion: suggestion.clone(),
+        })
+        .collect();
+    if let Some(crown) = &config.crown {
+        advice.missing_models = crown
+            .models
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !protocol::advertises(&ack.capabilities, &m.capability, &m.aliases))
+            .map(|(i, _)| i)
+            .collect();
+    }
+    advice
+}
+
+/// The task name for a model launch: `crown-model.<capability>`, kept a valid component
+/// name and distinct from every declared one.
+pub fn model_task_name(config: &Config, capability: &str) -> String {
+    let safe: String = capability
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64 - MODEL_PREFIX.len() - 3)
+        .collect();
+    let base = format!("{MODEL_PREFIX}{safe}");
+    if config.component(&base).is_none() {
+        return base;
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|name| config.component(name).is_none())
+        .expect("some numbered name is free")
+}
+
+/// The graph with a launch task for each missing model, started before every component
+/// (lowest priority, no dependencies), and the indices of those tasks. Components do not
+/// wait for a launch: a model that fails to start does not hold the boot.
+pub fn with_model_launches(graph: &Graph, missing: &[usize]) -> (Graph, Vec<usize>) {
+    let Some(crown) = graph
+        .config()
+        .crown
+        .as_ref()
+        .filter(|_| !missing.is_empty())
+    else {
+        return (graph.clone(), Vec::new());
+    };
+    let mut config = graph.config().clone();
+    let first = config
+        .components
+        .iter()
+        .map(|c| c.priority)
+        .min()
+        .unwrap_or(0)
+        .saturating_sub(1);
+    // The launch command is written in the native config: run it from that file's folder.
+    let home = config
+        .sources
+        .iter()
+        .find(|s| s.format == Format::Native)
+        .or(config.sources.first());
+    let file = home.map(|s| s.path.clone()).unwrap_or_default();
+    let cwd = home
+        .and_then(|s| s.path.parent())
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            }
+        })
+        .and_then(|d| std::path::absolute(d).ok());
+    let mut added = Vec::new();
+    for &m in missing {
+        let Some(model) = crown.models.get(m) else {
+            continue;
+        };
+        let name = model_task_name(&config, &model.capability);
+        config.components.push(Component {
+            name,
+            kind: Kind::Task,
+            command: Some(model.launch.clone()),
+            depends_on: Vec::new(),
+            priority: first,
+            ready: None,
+            restart: Restart {
+                policy: RestartMode::Never,
+                max_attempts: 1,
+                backoff: config::default_restart().backoff,
+            },
+            stop: config::default_stop(),
+            env: BTreeMap::new(),
+            cwd: cwd.clone(),
+            layer: None,
+            tests: None,
+            estimate: None,
+            daemonizes: false,
+            optional: true,
+            notes: vec![format!(
+                "launches model `{}`: Crown does not advertise it",
+                model.capability
+            )],
+            origin: Origin {
+                file: file.clone(),
+                pointer: Some(format!("/crown/models/{m}")),
+                line: None,
+            },
+        });
+        added.push(config.components.len() - 1);
+    }
+    let graph = graph::compile(config)
+        .expect("model launch tasks have no dependencies, so the graph stays acyclic");
+    (graph, added)
+}
+
+/// Everything a handshake contributes to planning, applied to `options`: downtime joins the
+/// exclusions; Crown's suggestions come first (a suggestions file given by the operator is
+/// applied after them, so it has the last word).
+pub fn apply_advice(options: &mut Options, advice: &Advice) {
+    for (name, reason) in &advice.downtime {
+        options
+            .exclude
+            .entry(name.clone())
+            .or_insert_with(|| reason.clone());
+    }
+    let mut suggestions = advice.suggestions.clone();
+    suggestions.append(&mut options.suggestions);
+    options.suggestions = suggestions;
+}
+
+/// What consulting Crown before a plan changes: the graph (with model launch tasks), the
+/// selection (with those tasks), and the advice already applied to the options.
+#[derive(Debug)]
+pub struct Consulted {
+    pub exchange: Exchange,
+    pub graph: Graph,
+    pub selected: BTreeSet<usize>,
+    pub model_tasks: Vec<usize>,
+    /// Empty when Crown was not reached.
+    pub advice: Advice,
+}
+
+impl Consulted {
+    /// Lines for the operator: online or offline, and anything worth noting.
+    pub fn report(&self, settings: &Settings) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(var) = &settings.token_missing {
+            lines.push(format!(
+                "crown: `{var}` is not set: connected without a token"
+            ));
+        }
+        match &self.exchange.reached {
+            Reached::Online(c) => lines.push(format!(
+                "crown: online at {} ({}; {} attempt(s))",
+                settings.display_url(),
+                ack_summary(&c.ack, c.early_suggestions.len()),
+                c.attempts
+            )),
+            Reached::Offline(f) => lines.push(format!(
+                "crown: offline — {}; continuing without Crown",
+                f.summary()
+            )),
+        }
+        for name in self.advice.downtime.keys() {
+            lines.push(format!(
+                "crown: `{name}` is under downtime: skipped for this boot"
+            ));
+        }
+        for &i in &self.model_tasks {
+            lines.push(format!(
+                "crown: `{}` will launch a model Crown lacks",
+                self.graph.components()[i].name
+            ));
+        }
+        for note in &self.advice.notes {
+            lines.push(format!("crown: {note}"));
+        }
+        lines
+    }
+}
+
+/// Exchanges the brief for `selected` with Crown, records it, and applies the reply to
+/// `options`. A required Crown that cannot be reached (or refuses) is an error; otherwise
+/// planning continues offline, unchanged.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each input is a distinct part of the brief or its record"
+)]
+pub async fn consult(
+    graph: &Graph,
+    selected: &BTreeSet<usize>,
+    options: &mut Options,
+    settings: &Settings,
+    archive: &Archive,
+    status: &BTreeMap<String, String>,
+    open_issues: Vec<OpenIssue>,
+    initiator: &str,
+) -> Result<Consulted, Error> {
+    let brief = brief(graph, selected, status, open_issues);
+    let exchange = handshake(settings, &brief, archive, initiator).await?;
+    let advice = match &exchange.reached {
+        Reached::Offline(failed) if settings.required => {
+            return Err(Error::CrownUnavailable(format!(
+                "Crown is required (`crown.required: true`) but {}; nothing was started",
+                failed.summary().trim_start_matches("Crown ")
+            )));
+        }
+        Reached::Offline(_) => Advice::default(),
+        Reached::Online(c) => advise(graph.config(), &c.ack, &c.early_suggestions, &c.at),
+    };
+    apply_advice(options, &advice);
+    let (graph, model_tasks) = with_model_launches(graph, &advice.missing_models);
+    let mut selected = selected.clone();
+    selected.extend(&model_tasks);
+    Ok(Consulted {
+        exchange,
+        graph,
+        selected,
+        model_tasks,
+        advice,
+    })
+}
+
+/// Adds the Crown reason to each model launch step of a built plan.
+pub fn explain_model_steps(plan: &mut Plan, graph: &Graph, tasks: &[usize]) {
+    let Some(crown) = graph.config().crown.as_ref() else {
+        return;
+    };
+    for &i in tasks {
+        let component = &graph.components()[i];
+        let model = component
+            .origin
+            .pointer
+            .as_deref()
+            .and_then(|p| p.rsplit('/').next())
+            .and_then(|m| m.parse::<usize>().ok())
+            .and_then(|m| crown.models.get(m));
+        if let (Some(step), Some(model)) = (
+            plan.steps.iter_mut().find(|s| s.name == component.name),
+            model,
+        ) {
+            step.reasons.insert(
+                0,
+                Reason {
+                    kind: ReasonKind::Crown,
+                    text: format!(
+                        "Crown does not advertise `{}`: its launch runs first",
+                        model.capability
+                    ),
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(yaml: &str) -> (tempfile::TempDir, Graph) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("razar.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let graph = graph::load(&[path]).expect("valid config");
+        (dir, graph)
+    }
+
+    const STACK: &str = "
+version: 1
+crown:
+  url: ws://127.0.0.1:1/crown
+  models:
+    - {capability: GLM4V, aliases: [GLM-4.1V], launch: [sh, launch.sh]}
+    - {capability: Whisper, launch: [sh, whisper.sh]}
+components:
+  - {name: vision_adapter, command: [vision]}
+  - {name: api, command: [api], depends_on: [vision_adapter], priority: -3}
+";
+
+    #[test]
+    fn downtime_matches_names_loosely_and_notes_strangers() {
+        let (_dir, g) = graph(STACK);
+        let ack: HandshakeAck = serde_json::from_value(json!({
+            "ack": "ok",
+            "capabilities": ["glm-4.1v"],
+            "downtime": {"Vision Adapter": {"description": "driver upgrade", "until": "noon"}, "ghost": "x"}
+        }))
+        .unwrap();
+        let advice = advise(g.config(), &ack, &[], "t");
+        assert_eq!(
+            advice.downtime["vision_adapter"],
+            "Crown downtime: driver upgrade (until noon)"
+        );
+        assert!(advice.notes[0].contains("`ghost`"));
+        // GLM4V is advertised under an alias spelling; Whisper is not.
+        assert_eq!(advice.missing_models, vec![1]);
+    }
+
+    #[test]
+    fn model_launch_tasks_run_first_and_block_nothing() {
+        let (_dir, g) = graph(STACK);
+        let (g2, added) = with_model_launches(&g, &[0, 1]);
+        assert_eq!(added, vec![2, 3]);
+        let selected: BTreeSet<usize> = (0..g2.len()).collect();
+        let mut plan = crate::plan::build(&g2, &selected, &Options::default());
+        explain_model_steps(&mut plan, &g2, &added);
+        assert_eq!(plan.steps[0].name, "crown-model.GLM4V");
+        assert_eq!(plan.steps[1].name, "crown-model.Whisper");
+        assert!(
+            plan.steps[0].reasons[0]
+                .text
+                .contains("does not advertise `GLM4V`")
+        );
+        assert_eq!(plan.steps[0].kind, Kind::Task);
+        assert!(plan.steps.iter().all(|s| {
+            s.depends_on
+                .iter()
+                .all(|d| !d.name.starts_with(MODEL_PREFIX))
+        }));
+    }
+
+    #[test]
+    fn brief_lists_priorities_status_and_issues() {
+        let (_dir, g) = graph(STACK);
+        let selected: BTreeSet<usize> = (0..g.len()).collect();
+        let status = BTreeMap::from([("api".to_owned(), "ready".to_owned())]);
+        let b = brief(&g, &selected, &status, vec![]);
+        assert_eq!(b.priority_map["api"], -3);
+        assert_eq!(b.current_status["api"], "ready");
+        assert_eq!(b.current_status["vision_adapter"], "unknown");
+    }
+}

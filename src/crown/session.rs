@@ -67,7 +67,7 @@ pub fn load_brief(path: &std::path::Path) -> Result<Brief, crate::diag::Diagnost
 #[derive(Debug)]
 pub enum Reached {
     Online(Box<Connected>),
-    Offline(Failed),
+    Offline(Box<Failed>),
 }
 
 /// A recorded handshake.
@@ -145,7 +145,7 @@ pub async fn handshake(
 ) -> Result<Exchange, Error> {
     let reached = match link::handshake(settings, brief).await {
         Ok(connected) => Reached::Online(Box::new(connected)),
-        Err(failed) => Reached::Offline(failed),
+        Err(failed) => Reached::Offline(Box::new(failed)),
     };
     let (sent, response) = match &reached {
         Reached::Online(c) => (c.sent.clone(), c.raw.clone()),

@@ -15,9 +15,10 @@ use crate::config::{
 };
 use crate::graph::Graph;
 
+pub mod explore;
 mod order;
 mod render;
-mod simulate;
+pub mod simulate;
 pub mod suggest;
 
 pub use order::Strategy;

@@ -55,7 +55,9 @@ pub fn plan(
         Err(err) => return Err(Error::Usage(err.to_string())),
     };
     let archive = Archive::new(&graph.config().state_dir);
-    let consulted = runtime()?.block_on(async {
+    // One runtime for the whole exchange: the connection is bound to it until closed.
+    let rt = runtime()?;
+    let consulted = rt.block_on(async {
         let consulted = session::consult(
             graph,
             selected,
@@ -75,7 +77,7 @@ pub fn plan(
     let mut plan = plan::build(&consulted.graph, &consulted.selected, &options);
     session::explain_model_steps(&mut plan, &consulted.graph, &consulted.model_tasks);
     if let Reached::Online(connected) = consulted.exchange.reached {
-        runtime()?.block_on(connected.close());
+        rt.block_on(connected.close());
     }
     Ok(plan)
 }

@@ -200,7 +200,7 @@ pub struct Connected {
 impl Connected {
     /// Closes the connection politely (bounded by one second).
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+        close_politely(&mut self.ws, Duration::from_secs(1)).await;
     }
 }
 
@@ -240,6 +240,17 @@ impl Failed {
             ),
         }
     }
+}
+
+/// Sends a close frame and waits (within `limit`) for Crown's, so neither side sees the
+/// connection vanish mid-stream.
+async fn close_politely(ws: &mut Ws, limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        if ws.close(None).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
 }
 
 enum AttemptError {
@@ -348,7 +359,7 @@ async fn attempt_handshake(
                 if ack.accepted() {
                     return Ok((ws, ack, raw, early));
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                close_politely(&mut ws, Duration::from_secs(1)).await;
                 return Err(AttemptError::Refused(ack, raw));
             }
             Frame::Message(Incoming::Suggestions(items), _) => early.extend(items),
@@ -649,7 +660,7 @@ async fn run(
                     message = statuses.recv() => {
                         let Some(message) = message else {
                             // The boot is over: everything queued was sent.
-                            let _ = tokio::time::timeout(settings.timeout, conn.close(None)).await;
+                            close_politely(conn, settings.timeout).await;
                             return stats;
                         };
                         track(&mut brief, &message);
@@ -701,7 +712,7 @@ async fn run(
                         }
                     }
                     () = stop.cancelled() => {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(None)).await;
+                        close_politely(conn, Duration::from_secs(1)).await;
                         return stats;
                     }
                 }

@@ -270,7 +270,8 @@ pub fn model_task_name(config: &Config, capability: &str) -> String {
 }
 
 /// The graph with a launch task for each missing model, started before every component
-/// (lowest priority, no dependencies), and the indices of those tasks. Components do not
+/// (the reserved lowest priority, which no suggestion can undercut; no dependencies), and
+/// the indices of those tasks. Components do not
 /// wait for a launch: a model that fails to start does not hold the boot.
 pub fn with_model_launches(graph: &Graph, missing: &[usize]) -> (Graph, Vec<usize>) {
     let Some(crown) = graph
@@ -282,13 +283,6 @@ pub fn with_model_launches(graph: &Graph, missing: &[usize]) -> (Graph, Vec<usiz
         return (graph.clone(), Vec::new());
     };
     let mut config = graph.config().clone();
-    let first = config
-        .components
-        .iter()
-        .map(|c| c.priority)
-        .min()
-        .unwrap_or(0)
-        .saturating_sub(1);
     // The launch command is written in the native config: run it from that file's folder.
     let home = config
         .sources
@@ -317,7 +311,7 @@ pub fn with_model_launches(graph: &Graph, missing: &[usize]) -> (Graph, Vec<usiz
             kind: Kind::Task,
             command: Some(model.launch.clone()),
             depends_on: Vec::new(),
-            priority: first,
+            priority: crate::plan::suggest::RESERVED_PRIORITY,
             ready: None,
             restart: Restart {
                 policy: RestartMode::Never,

@@ -101,6 +101,10 @@ pub struct Outcome {
 /// Actions razar honours, in the order docs list them.
 pub const ACTIONS: [&str; 5] = ["prioritize", "defer", "after", "skip", "parallelism"];
 
+/// The priority of razar's own tasks that run before the boot (model launches): no
+/// suggestion moves a component ahead of them.
+pub const RESERVED_PRIORITY: i64 = i64::MIN;
+
 /// Largest `parallelism` a suggestion may set.
 pub const MAX_PARALLELISM: u64 = 1024;
 
@@ -337,7 +341,13 @@ fn judge(
     match action {
         Action::Prioritize | Action::Defer => {
             let i = ctx.component("component", suggestion.component.as_deref(), merged)?;
-            let priorities = ctx.selected.iter().map(|&s| config.components[s].priority);
+            // `RESERVED_PRIORITY` belongs to razar's own pre-boot tasks (model launches):
+            // suggestions order declared components among themselves, after those.
+            let priorities = ctx
+                .selected
+                .iter()
+                .map(|&s| config.components[s].priority)
+                .filter(|&p| p != RESERVED_PRIORITY);
             let target = match &suggestion.value {
                 None => match action {
                     Action::Prioritize => priorities.min().unwrap_or(0).saturating_sub(1),
@@ -350,6 +360,7 @@ fn judge(
                     return Err(format!("`value` must be an integer priority, not {other}"));
                 }
             };
+            let target = target.max(RESERVED_PRIORITY + 1);
             let component = &mut config.components[i];
             let before = component.priority;
             component.priority = target;

@@ -1,0 +1,3 @@
+//! razar's integration tests: one test binary, one module per area.
+
+mod crown;

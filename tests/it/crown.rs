@@ -115,6 +115,10 @@ impl Drop for FakeCrown {
 async fn serve(stream: tokio::net::TcpStream, script: Vec<Act>, seen: Arc<Mutex<Seen>>) {
     let auth = Arc::new(Mutex::new(None));
     let header = auth.clone();
+    #[expect(
+        clippy::result_large_err,
+        reason = "the callback's signature is tungstenite's"
+    )]
     let callback = move |request: &Request, response: Response| {
         *header.lock().unwrap() = request
             .headers()

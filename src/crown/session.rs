@@ -153,14 +153,7 @@ pub async fn handshake(
             f.sent.clone(),
             match &f.refused {
                 Some((_, raw)) => raw.clone(),
-                None => json!({
-                    "type": "razar_offline",
-                    "url": settings.display_url(),
-                    "attempts": f.attempts,
-                    "elapsed_ms": crate::duration::millis(f.elapsed),
-                    "error": f.summary(),
-                    "errors": f.errors,
-                }),
+                None => offline_response(settings, f),
             },
         ),
     };
@@ -173,6 +166,19 @@ pub async fn handshake(
         response_summary: exchange.summary(),
     })?;
     Ok(exchange)
+}
+
+/// The `_response.json` razar archives when no reply came
+/// (`schemas/crown/offline_response.schema.json`).
+pub fn offline_response(settings: &Settings, failed: &Failed) -> Value {
+    json!({
+        "type": "razar_offline",
+        "url": settings.display_url(),
+        "attempts": failed.attempts,
+        "elapsed_ms": crate::duration::millis(failed.elapsed),
+        "error": failed.summary(),
+        "errors": failed.errors,
+    })
 }
 
 /// What Crown's reply changes for this boot.

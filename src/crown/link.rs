@@ -798,6 +798,126 @@ mod tests {
         assert!(backoff(40) <= MAX_BACKOFF.mul_f64(1.2));
     }
 
+    /// A Crown on port 0 that acks every handshake, records every message, and drops the
+    /// first connection right after the first `status` it receives.
+    async fn flaky_crown() -> (String, mpsc::UnboundedReceiver<(usize, Value)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/crown", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                n += 1;
+                let connection = n;
+                tokio::spawn(async move {
+                    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                    while let Some(Ok(Message::Text(text))) = ws.next().await {
+                        let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                        let kind = value["type"].as_str().unwrap_or_default().to_owned();
+                        let _ = tx.send((connection, value));
+                        if kind == "handshake" {
+                            let ack = r#"{"type":"handshake_ack","ack":"ok"}"#;
+                            ws.send(Message::text(ack)).await.unwrap();
+                            if connection == 2 {
+                                let advice = r#"{"type":"suggestions","items":[{"action":"defer","component":"b"}]}"#;
+                                ws.send(Message::text(advice)).await.unwrap();
+                            }
+                        } else if connection == 1 {
+                            // Vanish without a close frame, as a crashed Crown would.
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    fn status(component: &str, state: &str) -> Outgoing {
+        Outgoing::Status {
+            component: component.to_owned(),
+            state: state.to_owned(),
+            at: now_rfc3339(),
+            detail: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_link_reconnects_with_the_current_status_and_passes_on_suggestions() {
+        let (url, mut seen) = flaky_crown().await;
+        let settings = Settings::resolve(None, Some(&url)).unwrap();
+        let brief = Brief {
+            current_status: [("a".to_owned(), "unknown".to_owned())].into(),
+            ..Brief::default()
+        };
+        let connected = handshake(&settings, &brief).await.expect("Crown answers");
+        let mut live = Live::spawn(settings, Some(connected), brief);
+        let sink = live.statuses.clone();
+        sink.try_send(status("a", "starting")).unwrap();
+        // Connection 1 receives the status and drops: the link reports it and reconnects.
+        let mut disconnected = false;
+        let reconnected = loop {
+            match tokio::time::timeout(Duration::from_secs(10), live.notice()).await {
+                Ok(Some(Notice::Disconnected { .. })) => disconnected = true,
+                Ok(Some(Notice::Reconnected { sent, .. })) => break sent,
+                Ok(Some(_)) => {}
+                other => panic!("no reconnect: {other:?}"),
+            }
+        };
+        assert!(disconnected);
+        assert_eq!(reconnected["brief"]["current_status"]["a"], "starting");
+        let Some(Notice::Suggestions { items, .. }) =
+            tokio::time::timeout(Duration::from_secs(10), live.notice())
+                .await
+                .unwrap()
+        else {
+            panic!("the suggestion sent after the reconnect arrives")
+        };
+        assert_eq!(items[0].action, "defer");
+        sink.try_send(status("a", "ready")).unwrap();
+        drop(sink);
+        let stats = live.close(Duration::from_secs(5)).await;
+        assert_eq!(stats.reconnects, 1);
+        let mut messages = Vec::new();
+        while let Ok(m) = seen.try_recv() {
+            messages.push(m);
+        }
+        let after: Vec<&str> = messages
+            .iter()
+            .filter(|(c, _)| *c == 2)
+            .map(|(_, v)| v["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(after, ["handshake", "status"], "{messages:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_status_queue_drops_instead_of_blocking() {
+        // Nothing listens: the link stays disconnected while the sink keeps emitting.
+        let settings = Settings::resolve(None, Some("ws://127.0.0.1:9/crown")).unwrap();
+        let live = Live::spawn(settings, None, Brief::default());
+        let mut sink = live.sink();
+        let event = Event {
+            at_ms: 0,
+            time: now_rfc3339(),
+            kind: EventKind::Ready {
+                component: "a".to_owned(),
+                attempt: 1,
+                after_ms: 1,
+            },
+        };
+        let started = Instant::now();
+        for _ in 0..(STATUS_QUEUE * 3) {
+            sink.emit(&event);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "emit never waits"
+        );
+        let stats = live.close(Duration::from_millis(200)).await;
+        assert!(stats.dropped + stats.unsent > 0, "{stats:?}");
+    }
+
     #[test]
     fn tokens_never_print() {
         let token = Token("hunter2".to_owned());

@@ -439,6 +439,315 @@ fn judge(
     }
 }
 
+/// Changes to a running boot, for the steps that have not started yet: what Crown's
+/// mid-boot `suggestions` amount to once judged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    /// Every step name in the new start order: steps already started keep their place at the
+    /// front; the rest follow in dependency order, lower priority first.
+    pub order: Vec<String>,
+    /// New priorities, by step.
+    pub priority: BTreeMap<String, i64>,
+    /// Dependencies added by `after`, by step.
+    pub depends_on: BTreeMap<String, Vec<Dependency>>,
+    /// Steps left out of the rest of this boot, with the reason (their dependents block).
+    pub skip: BTreeMap<String, String>,
+    pub parallelism: Option<usize>,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Revision {
+    /// Whether anything changes.
+    pub fn is_empty(&self) -> bool {
+        self.priority.is_empty()
+            && self.depends_on.is_empty()
+            && self.skip.is_empty()
+            && self.parallelism.is_none()
+    }
+
+    /// The plan as revised: steps reordered, priorities and dependencies changed, skipped
+    /// steps excluded, and the outcomes recorded.
+    pub fn apply(&self, plan: &mut Plan) {
+        for step in &mut plan.steps {
+            if let Some(&priority) = self.priority.get(&step.name) {
+                step.priority = priority;
+            }
+            if let Some(extra) = self.depends_on.get(&step.name) {
+                step.depends_on.extend(extra.iter().cloned());
+            }
+        }
+        let position: BTreeMap<&str, usize> = self
+            .order
+            .iter()
+            .enumerate()
+            .map(|(p, n)| (n.as_str(), p))
+            .collect();
+        plan.steps
+            .sort_by_key(|s| position.get(s.name.as_str()).copied().unwrap_or(usize::MAX));
+        for (name, reason) in &self.skip {
+            plan.steps.retain(|s| &s.name != name);
+            plan.excluded.push(super::Excluded {
+                name: name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if let Some(parallelism) = self.parallelism {
+            plan.parallelism = parallelism;
+        }
+        for outcome in &self.outcomes {
+            if let Some(step) = outcome
+                .suggestion
+                .component
+                .as_deref()
+                .and_then(|name| plan.steps.iter_mut().find(|s| s.name == name))
+            {
+                let text = if outcome.applied {
+                    format!(
+                        "Crown: {} — {} ({}; {})",
+                        outcome.suggestion.label(),
+                        outcome
+                            .suggestion
+                            .reason
+                            .as_deref()
+                            .unwrap_or("no reason given"),
+                        outcome.effect,
+                        outcome.source
+                    )
+                } else {
+                    format!(
+                        "Crown suggestion rejected: {} — {} ({})",
+                        outcome.suggestion.label(),
+                        outcome.effect,
+                        outcome.source
+                    )
+                };
+                step.reasons.insert(
+                    0,
+                    Reason {
+                        kind: ReasonKind::Crown,
+                        text,
+                    },
+                );
+            }
+        }
+        plan.suggestions.extend(self.outcomes.iter().cloned());
+    }
+}
+
+/// Judges suggestions received during a boot against the steps of `plan` not yet `started`
+/// (`fixed_parallelism`: set from the command line, which takes precedence).
+pub fn revise(
+    plan: &Plan,
+    started: &BTreeSet<String>,
+    suggestions: &[Sourced],
+    fixed_parallelism: Option<usize>,
+) -> Revision {
+    let index: BTreeMap<&str, usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut deps: Vec<Vec<usize>> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            s.depends_on
+                .iter()
+                .filter_map(|d| index.get(d.name.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    let mut priority: Vec<i64> = plan.steps.iter().map(|s| s.priority).collect();
+    let mut revision = Revision::default();
+    let pending = |i: usize| !started.contains(&plan.steps[i].name);
+    for Sourced { source, suggestion } in suggestions {
+        let step = |field: &str, name: Option<&str>, skip: &BTreeMap<String, String>| {
+            let Some(name) = name.filter(|n| !n.is_empty()) else {
+                return Err(format!("no `{field}` named"));
+            };
+            let Some(&i) = index.get(name) else {
+                let mut why = format!("`{name}` is not a step of this boot");
+                if let Some(near) = graph::nearest(name, plan.steps.iter().map(|s| s.name.as_str()))
+                {
+                    let _ = write!(why, " (did you mean `{near}`?)");
+                }
+                return Err(why);
+            };
+            if let Some(reason) = plan.steps[i].blocked.as_ref().or(skip.get(name)) {
+                return Err(format!("`{name}` will not run in this boot ({reason})"));
+            }
+            Ok(i)
+        };
+        let verdict = (|| -> Result<String, String> {
+            if let Some(field) = COMMAND_FIELDS
+                .iter()
+                .find(|f| suggestion.extra.contains_key(**f))
+            {
+                return Err(format!(
+                    "tries to change a command (`{field}`): suggestions can only reorder, delay or skip declared components"
+                ));
+            }
+            let action = action(&suggestion.action)?;
+            let not_started = |i: usize| {
+                if pending(i) {
+                    Ok(i)
+                } else {
+                    Err(format!(
+                        "`{}` has already started: mid-boot suggestions apply to steps not yet started",
+                        plan.steps[i].name
+                    ))
+                }
+            };
+            match action {
+                Action::Prioritize | Action::Defer => {
+                    let i = not_started(step(
+                        "component",
+                        suggestion.component.as_deref(),
+                        &revision.skip,
+                    )?)?;
+                    let others = (0..plan.steps.len())
+                        .filter(|&k| pending(k))
+                        .map(|k| priority[k])
+                        .filter(|&p| p != RESERVED_PRIORITY);
+                    let target = match &suggestion.value {
+                        None if action == Action::Prioritize => {
+                            others.min().unwrap_or(0).saturating_sub(1)
+                        }
+                        None => others.max().unwrap_or(0).saturating_add(1),
+                        Some(Value::Number(n)) if n.as_i64().is_some() => {
+                            n.as_i64().expect("checked by the guard")
+                        }
+                        Some(other) => {
+                            return Err(format!(
+                                "`value` must be an integer priority, not {other}"
+                            ));
+                        }
+                    }
+                    .max(RESERVED_PRIORITY + 1);
+                    let before = priority[i];
+                    priority[i] = target;
+                    revision.priority.insert(plan.steps[i].name.clone(), target);
+                    Ok(format!("priority {before} → {target}"))
+                }
+                Action::After => {
+                    let i = not_started(step(
+                        "component",
+                        suggestion.component.as_deref(),
+                        &revision.skip,
+                    )?)?;
+                    let a = step("after", suggestion.after.as_deref(), &revision.skip)?;
+                    let (name, first) = (&plan.steps[i].name, &plan.steps[a].name);
+                    if i == a {
+                        return Err(format!("`{name}` cannot start after itself"));
+                    }
+                    if path(&deps, i, a).is_some() {
+                        return Ok(format!("already so: `{name}` depends on `{first}`"));
+                    }
+                    if let Some(chain) = path(&deps, a, i) {
+                        let names: Vec<&str> = chain
+                            .iter()
+                            .rev()
+                            .map(|&k| plan.steps[k].name.as_str())
+                            .collect();
+                        return Err(format!(
+                            "would create a cycle: {} -> {name}",
+                            names.join(" -> ")
+                        ));
+                    }
+                    deps[i].push(a);
+                    revision
+                        .depends_on
+                        .entry(name.clone())
+                        .or_default()
+                        .push(Dependency {
+                            name: first.clone(),
+                            condition: Condition::Ready,
+                        });
+                    Ok(format!("`{name}` now waits for `{first}`"))
+                }
+                Action::Skip => {
+                    let i = not_started(step(
+                        "component",
+                        suggestion.component.as_deref(),
+                        &revision.skip,
+                    )?)?;
+                    let name = plan.steps[i].name.clone();
+                    let why = match suggestion
+                        .reason
+                        .as_deref()
+                        .filter(|r| !r.trim().is_empty())
+                    {
+                        Some(reason) => format!("Crown: skip {name} — {reason}"),
+                        None => format!("Crown: skip {name}"),
+                    };
+                    revision.skip.insert(name, why);
+                    Ok("left out of the rest of this boot".to_owned())
+                }
+                Action::Parallelism => {
+                    let limit = match &suggestion.value {
+                        Some(Value::Number(n)) => {
+                            n.as_u64().filter(|v| (1..=MAX_PARALLELISM).contains(v))
+                        }
+                        _ => None,
+                    }
+                    .ok_or_else(|| {
+                        format!("`value` must be an integer from 1 to {MAX_PARALLELISM}")
+                    })?;
+                    if let Some(explicit) = fixed_parallelism {
+                        return Err(format!(
+                            "the command line's --parallelism {explicit} takes precedence"
+                        ));
+                    }
+                    let before = revision.parallelism.unwrap_or(plan.parallelism);
+                    let limit = usize::try_from(limit).expect("at most MAX_PARALLELISM");
+                    revision.parallelism = Some(limit);
+                    Ok(format!("parallelism {before} → {limit}"))
+                }
+            }
+        })();
+        let (applied, effect) = match verdict {
+            Ok(effect) => (true, effect),
+            Err(why) => (false, why),
+        };
+        revision.outcomes.push(Outcome {
+            source: source.clone(),
+            suggestion: suggestion.clone(),
+            applied,
+            effect,
+        });
+    }
+    // Started steps keep their place; the rest in dependency order, (priority, position).
+    let mut order: Vec<usize> = (0..plan.steps.len()).filter(|&i| !pending(i)).collect();
+    let waiting: BTreeSet<usize> = (0..plan.steps.len()).filter(|&i| pending(i)).collect();
+    let mut left: BTreeMap<usize, usize> = waiting
+        .iter()
+        .map(|&i| (i, deps[i].iter().filter(|d| waiting.contains(d)).count()))
+        .collect();
+    let mut ready: BTreeSet<(i64, usize)> = left
+        .iter()
+        .filter(|&(_, &n)| n == 0)
+        .map(|(&i, _)| (priority[i], i))
+        .collect();
+    while let Some(&(p, i)) = ready.iter().next() {
+        ready.remove(&(p, i));
+        order.push(i);
+        for (k, d) in deps.iter().enumerate() {
+            if d.contains(&i)
+                && let Some(n) = left.get_mut(&k)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    ready.insert((priority[k], k));
+                }
+            }
+        }
+    }
+    debug_assert_eq!(order.len(), plan.steps.len(), "cycles were refused above");
+    revision.order = order.iter().map(|&i| plan.steps[i].name.clone()).collect();
+    revision
+}
+
 /// A dependency chain from `from` down to `to` (`from` depends on … on `to`), if any.
 fn path(deps: &[Vec<usize>], from: usize, to: usize) -> Option<Vec<usize>> {
     let mut parent: BTreeMap<usize, usize> = BTreeMap::new();
@@ -790,6 +1099,55 @@ components:
             },
         );
         assert!(plan.suggestions[0].effect.contains("not part of this boot"));
+    }
+
+    #[test]
+    fn mid_boot_suggestions_only_move_steps_not_yet_started() {
+        let g = graph(STACK);
+        let plan = plan_with(&g, &[], Options::default());
+        assert_eq!(order(&plan), ["db", "redis", "api", "web", "worker"]);
+        let started: BTreeSet<String> = ["db".to_owned(), "redis".to_owned()].into();
+        let items: Vec<Sourced> = [
+            serde_json::json!({"action": "prioritize", "component": "worker"}),
+            serde_json::json!({"action": "defer", "component": "db"}),
+            serde_json::json!({"action": "after", "component": "web", "after": "worker", "reason": "shared disk"}),
+            serde_json::json!({"action": "after", "component": "api", "after": "web"}),
+            serde_json::json!({"action": "skip", "component": "ghost"}),
+        ]
+        .into_iter()
+        .map(|item| Sourced {
+            source: Source::Message {
+                at: "2025-01-01T00:00:01Z".to_owned(),
+            },
+            suggestion: serde_json::from_value(item).unwrap(),
+        })
+        .collect();
+        let revision = revise(&plan, &started, &items, None);
+        let applied: Vec<bool> = revision.outcomes.iter().map(|o| o.applied).collect();
+        assert_eq!(applied, [true, false, true, false, false]);
+        assert!(revision.outcomes[1].effect.contains("already started"));
+        assert_eq!(
+            revision.outcomes[3].effect,
+            "would create a cycle: api -> worker -> web -> api"
+        );
+        assert!(
+            revision.outcomes[4]
+                .effect
+                .contains("not a step of this boot")
+        );
+        // worker still waits for api, and web now waits for worker.
+        assert_eq!(revision.order, ["db", "redis", "api", "worker", "web"]);
+        let mut revised = plan.clone();
+        revision.apply(&mut revised);
+        assert_eq!(order(&revised), ["db", "redis", "api", "worker", "web"]);
+        let web = revised.step("web").unwrap();
+        assert!(web.depends_on.iter().any(|d| d.name == "worker"));
+        assert!(
+            web.reasons[0]
+                .text
+                .starts_with("Crown: after web worker — shared disk")
+        );
+        assert_eq!(revised.suggestions.len(), 5);
     }
 
     #[test]

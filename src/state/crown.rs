@@ -200,6 +200,161 @@ impl Archive {
     }
 }
 
+/// One model launch to watch for: the plan step running it and the model it launches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub step: String,
+    pub model: String,
+    pub command: String,
+}
+
+/// The outcome of a model launch, as archived in `<stamp>_<model>_launch.json` and recorded
+/// as a `model_launch` event (`schemas/crown/model_launch.schema.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchRecord {
+    pub event: String,
+    pub model: String,
+    pub step: String,
+    pub command: String,
+    /// `completed`, `failed` or `blocked`.
+    pub outcome: String,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}
+
+/// A sink that archives the outcome of each model launch step when the executor reports it,
+/// and logs the launch in `interaction_log.jsonl`. Write failures are logged, never fatal:
+/// the boot goes on.
+pub struct LaunchRecorder {
+    archive: Archive,
+    stamp: String,
+    launches: Vec<Launch>,
+    records: Vec<LaunchRecord>,
+}
+
+impl LaunchRecorder {
+    /// `stamp`: the handshake whose reply caused the launches.
+    pub fn new(archive: Archive, stamp: String, launches: Vec<Launch>) -> Self {
+        Self {
+            archive,
+            stamp,
+            launches,
+            records: Vec::new(),
+        }
+    }
+
+    /// Every launch outcome recorded so far.
+    pub fn records(&self) -> &[LaunchRecord] {
+        &self.records
+    }
+
+    fn record(
+        &mut self,
+        launch: &Launch,
+        time: &str,
+        outcome: &str,
+        after_ms: Option<u64>,
+        detail: Option<String>,
+        log_tail: Vec<String>,
+    ) {
+        let record = LaunchRecord {
+            event: "model_launch".to_owned(),
+            model: launch.model.clone(),
+            step: launch.step.clone(),
+            command: launch.command.clone(),
+            outcome: outcome.to_owned(),
+            at: time.to_owned(),
+            after_ms,
+            detail: detail.clone(),
+            log_tail,
+        };
+        let value = serde_json::to_value(&record).expect("launch records serialise");
+        if let Err(err) = self
+            .archive
+            .record_launch(&self.stamp, &launch.model, &value)
+        {
+            tracing::warn!(target: "razar::crown", "cannot archive the launch of `{}`: {err}", launch.model);
+        }
+        let summary = match (outcome, after_ms, detail) {
+            ("completed", Some(ms), _) => format!(
+                "`{}` launched in {}",
+                launch.model,
+                crate::duration::display(std::time::Duration::from_millis(ms))
+            ),
+            (_, _, Some(detail)) => format!("`{}` launch {outcome}: {detail}", launch.model),
+            _ => format!("`{}` launch {outcome}", launch.model),
+        };
+        if let Err(err) = self.archive.log(&Interaction {
+            timestamp: time.to_owned(),
+            initiator: "razar".to_owned(),
+            action: "model_launch".to_owned(),
+            response_summary: summary,
+        }) {
+            tracing::warn!(target: "razar::crown", "cannot log the launch of `{}`: {err}", launch.model);
+        }
+        self.records.push(record);
+    }
+}
+
+impl crate::exec::Sink for LaunchRecorder {
+    fn emit(&mut self, event: &crate::exec::Event) {
+        use crate::exec::EventKind;
+        let Some(component) = event.kind.component() else {
+            return;
+        };
+        let Some(launch) = self.launches.iter().find(|l| l.step == component).cloned() else {
+            return;
+        };
+        match &event.kind {
+            EventKind::Completed { after_ms, .. } => {
+                self.record(
+                    &launch,
+                    &event.time,
+                    "completed",
+                    Some(*after_ms),
+                    None,
+                    Vec::new(),
+                );
+            }
+            EventKind::AttemptFailed {
+                reason, log_tail, ..
+            }
+            | EventKind::Quarantined {
+                reason, log_tail, ..
+            } => {
+                // A launch has one attempt: its failure is final.
+                if self.records.iter().any(|r| r.step == launch.step) {
+                    return;
+                }
+                self.record(
+                    &launch,
+                    &event.time,
+                    "failed",
+                    None,
+                    Some(reason.clone()),
+                    log_tail.clone(),
+                );
+            }
+            EventKind::Blocked { reason, .. } | EventKind::Skipped { reason, .. } => {
+                self.record(
+                    &launch,
+                    &event.time,
+                    "not_run",
+                    None,
+                    Some(reason.clone()),
+                    Vec::new(),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
 struct Archived {
     path: PathBuf,
     is_brief: bool,
@@ -327,6 +482,66 @@ mod tests {
         let entries = archive.interactions();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].action, "suggestions");
+    }
+
+    #[test]
+    fn launch_outcomes_are_archived_and_logged_once() {
+        use crate::exec::{Event, EventKind, Sink};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let archive = Archive::new(dir.path());
+        let stamp = archive
+            .record_handshake(SystemTime::now(), &Value::Null, &Value::Null)
+            .unwrap();
+        let launch = |step: &str, model: &str| Launch {
+            step: step.to_owned(),
+            model: model.to_owned(),
+            command: "bash launch.sh".to_owned(),
+        };
+        let mut recorder = LaunchRecorder::new(
+            archive.clone(),
+            stamp.clone(),
+            vec![
+                launch("crown-model.GLM4V", "GLM4V"),
+                launch("crown-model.W", "W"),
+            ],
+        );
+        let event = |kind| Event {
+            at_ms: 1,
+            time: "2025-10-04T09:15:02.183Z".to_owned(),
+            kind,
+        };
+        recorder.emit(&event(EventKind::Completed {
+            component: "crown-model.GLM4V".to_owned(),
+            attempt: 1,
+            after_ms: 1200,
+        }));
+        for _ in 0..2 {
+            recorder.emit(&event(EventKind::AttemptFailed {
+                component: "crown-model.W".to_owned(),
+                attempt: 1,
+                reason: "exit code 127".to_owned(),
+                exit: None,
+                log_tail: vec!["launch.sh: not found".to_owned()],
+            }));
+        }
+        recorder.emit(&event(EventKind::Completed {
+            component: "api".to_owned(),
+            attempt: 1,
+            after_ms: 5,
+        }));
+        assert_eq!(recorder.records().len(), 2);
+        let file = archive
+            .briefs_dir()
+            .join(format!("{stamp}_GLM4V_launch.json"));
+        let saved: LaunchRecord =
+            serde_json::from_slice(&std::fs::read(file).expect("archived")).unwrap();
+        assert_eq!(saved.outcome, "completed");
+        assert_eq!(saved.after_ms, Some(1200));
+        let log = archive.interactions();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[1].response_summary, "`W` launch failed: exit code 127");
+        // The launch records rotate with their handshake pair.
+        assert_eq!(archive.pairs(), vec![stamp]);
     }
 
     #[test]

@@ -369,6 +369,8 @@ pub fn apply_advice(options: &mut Options, advice: &Advice) {
 #[derive(Debug)]
 pub struct Consulted {
     pub exchange: Exchange,
+    /// The brief sent (re-sent, with current status, on every reconnect during a boot).
+    pub brief: Brief,
     pub graph: Graph,
     pub selected: BTreeSet<usize>,
     pub model_tasks: Vec<usize>,
@@ -450,6 +452,7 @@ pub async fn consult(
     selected.extend(&model_tasks);
     Ok(Consulted {
         exchange,
+        brief,
         graph,
         selected,
         model_tasks,
@@ -457,24 +460,206 @@ pub async fn consult(
     })
 }
 
+/// Crown's part in a boot (`razar apply`), from the handshake to the end of the status
+/// stream. Start it before the executor, give the executor its [`Boot::sinks`], feed the
+/// suggestions Crown sends mid-boot ([`Boot::suggestions`]) to `plan::suggest::revise`, and
+/// [`Boot::finish`] it once the run has ended.
+pub struct Boot {
+    settings: Settings,
+    archive: Archive,
+    stamp: String,
+    status: link::StatusSink,
+    pump: tokio::task::JoinHandle<link::Stats>,
+    finish: Option<tokio::sync::oneshot::Sender<()>>,
+    suggestions: Option<tokio::sync::mpsc::Receiver<Vec<Sourced>>>,
+}
+
+impl Boot {
+    /// Starts the link for a boot whose handshake is `exchange` (online or not: an offline
+    /// start keeps trying to connect, so a Crown that comes up mid-boot hears the status).
+    pub fn start(settings: Settings, archive: Archive, exchange: Exchange, brief: Brief) -> Boot {
+        let stamp = exchange.stamp.clone();
+        let connection = match exchange.reached {
+            Reached::Online(connected) => Some(*connected),
+            Reached::Offline(_) => None,
+        };
+        let live = link::Live::spawn(settings.clone(), connection, brief);
+        let status = live.sink();
+        let (finish, finished) = tokio::sync::oneshot::channel();
+        // Bounded: a boot whose caller stops reading suggestions loses the newest, never blocks.
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let pump = tokio::spawn(pump(live, archive.clone(), tx, finished, settings.timeout));
+        Boot {
+            settings,
+            archive,
+            stamp,
+            status,
+            pump,
+            finish: Some(finish),
+            suggestions: Some(rx),
+        }
+    }
+
+    /// The sinks to add to the run's fan-out (after the state store): the status stream, and
+    /// the recorder of the model launches among `plan`'s steps.
+    pub fn sinks(&self, graph: &Graph, model_tasks: &[usize]) -> Vec<Box<dyn crate::exec::Sink>> {
+        let launches = model_tasks
+            .iter()
+            .filter_map(|&i| {
+                let component = graph.components().get(i)?;
+                let model = model_of(graph, component)?;
+                Some(crate::state::crown::Launch {
+                    step: component.name.clone(),
+                    model: model.capability.clone(),
+                    command: model.launch.display(),
+                })
+            })
+            .collect();
+        vec![
+            Box::new(self.status.clone()),
+            Box::new(crate::state::crown::LaunchRecorder::new(
+                self.archive.clone(),
+                self.stamp.clone(),
+                launches,
+            )),
+        ]
+    }
+
+    /// Suggestions Crown sends during the boot, with their provenance (once).
+    pub fn suggestions(&mut self) -> Option<tokio::sync::mpsc::Receiver<Vec<Sourced>>> {
+        self.suggestions.take()
+    }
+
+    /// Ends the status stream (sending what is queued, within the timeout), closes the
+    /// connection and logs the stream's counts. Call after the run ended (its sinks dropped).
+    pub async fn finish(mut self) -> link::Stats {
+        if let Some(finish) = self.finish.take() {
+            let _ = finish.send(());
+        }
+        drop(self.status);
+        let grace = self.settings.timeout + std::time::Duration::from_secs(2);
+        let stats = match tokio::time::timeout(grace, &mut self.pump).await {
+            Ok(Ok(stats)) => stats,
+            _ => {
+                self.pump.abort();
+                link::Stats::default()
+            }
+        };
+        let _ = self.archive.log(&Interaction {
+            timestamp: link::now_rfc3339(),
+            initiator: "razar".to_owned(),
+            action: "status_stream".to_owned(),
+            response_summary: format!(
+                "{} status message(s) sent, {} not sent while disconnected, {} dropped, {} reconnect(s)",
+                stats.sent, stats.unsent, stats.dropped, stats.reconnects
+            ),
+        });
+        stats
+    }
+}
+
+/// Records what the link reports and passes suggestions on, until the boot finishes.
+async fn pump(
+    mut live: link::Live,
+    archive: Archive,
+    suggestions: tokio::sync::mpsc::Sender<Vec<Sourced>>,
+    mut finished: tokio::sync::oneshot::Receiver<()>,
+    timeout: std::time::Duration,
+) -> link::Stats {
+    let log = |initiator: &str, action: &str, summary: String, at: &str| {
+        if let Err(err) = archive.log(&Interaction {
+            timestamp: at.to_owned(),
+            initiator: initiator.to_owned(),
+            action: action.to_owned(),
+            response_summary: summary,
+        }) {
+            tracing::warn!(target: "razar::crown", "cannot log a Crown exchange: {err}");
+        }
+    };
+    loop {
+        let notice = tokio::select! {
+            notice = live.notice() => notice,
+            _ = &mut finished => break,
+        };
+        let Some(notice) = notice else { break };
+        match notice {
+            link::Notice::Suggestions { at, items } => {
+                let labels: Vec<String> = items.iter().map(Suggestion::label).collect();
+                log(
+                    "crown",
+                    "suggestions",
+                    format!("{} suggestion(s): {}", items.len(), labels.join(", ")),
+                    &at,
+                );
+                let sourced = items
+                    .into_iter()
+                    .map(|suggestion| Sourced {
+                        source: Source::Message { at: at.clone() },
+                        suggestion,
+                    })
+                    .collect();
+                if suggestions.try_send(sourced).is_err() {
+                    tracing::warn!(target: "razar::crown", "mid-boot suggestions dropped: nobody reads them");
+                }
+            }
+            link::Notice::RepairSuggestion { at, suggestion } => log(
+                "crown",
+                "repair_suggestion",
+                format!(
+                    "patch for `{}` ({} bytes) not applied automatically",
+                    suggestion.component,
+                    suggestion.patch.len()
+                ),
+                &at,
+            ),
+            link::Notice::Rejected { at, why } => log("crown", "rejected_frame", why, &at),
+            link::Notice::Disconnected { at, why } => log("razar", "disconnected", why, &at),
+            link::Notice::Reconnected {
+                at,
+                sent,
+                raw,
+                ack,
+                attempts,
+            } => {
+                if let Err(err) =
+                    archive.record_handshake(std::time::SystemTime::now(), &sent, &raw)
+                {
+                    tracing::warn!(target: "razar::crown", "cannot archive a handshake: {err}");
+                }
+                log(
+                    "razar",
+                    "handshake",
+                    format!(
+                        "reconnected ({attempts} attempt(s)): {}",
+                        ack_summary(&ack, 0)
+                    ),
+                    &at,
+                );
+            }
+        }
+    }
+    live.close(timeout).await
+}
+
+fn model_of<'a>(graph: &'a Graph, component: &Component) -> Option<&'a config::Model> {
+    let crown = graph.config().crown.as_ref()?;
+    component
+        .origin
+        .pointer
+        .as_deref()
+        .and_then(|p| p.strip_prefix("/crown/models/"))
+        .and_then(|m| m.parse::<usize>().ok())
+        .and_then(|m| crown.models.get(m))
+}
+
 /// Adds the Crown reason to each model launch step of a built plan.
 pub fn explain_model_steps(plan: &mut Plan, graph: &Graph, tasks: &[usize]) {
-    let Some(crown) = graph.config().crown.as_ref() else {
-        return;
-    };
     for &i in tasks {
         let component = &graph.components()[i];
-        let model = component
-            .origin
-            .pointer
-            .as_deref()
-            .and_then(|p| p.rsplit('/').next())
-            .and_then(|m| m.parse::<usize>().ok())
-            .and_then(|m| crown.models.get(m));
-        if let (Some(step), Some(model)) = (
-            plan.steps.iter_mut().find(|s| s.name == component.name),
-            model,
-        ) {
+        let Some(model) = model_of(graph, component) else {
+            continue;
+        };
+        if let Some(step) = plan.steps.iter_mut().find(|s| s.name == component.name) {
             step.reasons.insert(
                 0,
                 Reason {
@@ -552,6 +737,117 @@ components:
             s.depends_on
                 .iter()
                 .all(|d| !d.name.starts_with(MODEL_PREFIX))
+        }));
+    }
+
+    #[tokio::test]
+    async fn a_boot_streams_status_passes_on_suggestions_and_records_launches() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/crown", listener.local_addr().unwrap());
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            while let Some(Ok(Message::Text(text))) = ws.next().await {
+                let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                let reply = match value["type"].as_str() {
+                    Some("handshake") => Some(json!({"type": "handshake_ack", "ack": "ok"})),
+                    Some("status") if value["state"] == "starting" => Some(json!(
+                        {"type": "suggestions", "items": [{"action": "defer", "component": "api"}]}
+                    )),
+                    _ => None,
+                };
+                let _ = seen_tx.send(value);
+                if let Some(reply) = reply {
+                    ws.send(Message::text(reply.to_string())).await.unwrap();
+                }
+            }
+        });
+        let yaml = STACK.replace("ws://127.0.0.1:1/crown", &url);
+        let (dir, g) = graph(&yaml);
+        let state = dir.path().join("state");
+        let archive = Archive::new(&state);
+        let settings = Settings::resolve(g.config().crown.as_ref(), None).unwrap();
+        let selected: BTreeSet<usize> = (0..g.len()).collect();
+        let mut options = Options::default();
+        let consulted = consult(
+            &g,
+            &selected,
+            &mut options,
+            &settings,
+            &archive,
+            &BTreeMap::new(),
+            vec![],
+            "razar",
+        )
+        .await
+        .expect("Crown answers");
+        assert_eq!(
+            consulted.model_tasks.len(),
+            2,
+            "neither model is advertised"
+        );
+        let mut boot = Boot::start(
+            settings,
+            archive.clone(),
+            consulted.exchange,
+            consulted.brief,
+        );
+        let mut sinks = boot.sinks(&consulted.graph, &consulted.model_tasks);
+        let mut suggestions = boot.suggestions().expect("first call");
+        let event = |kind| crate::exec::Event {
+            at_ms: 0,
+            time: link::now_rfc3339(),
+            kind,
+        };
+        for sink in &mut sinks {
+            sink.emit(&event(crate::exec::EventKind::Spawned {
+                component: "api".to_owned(),
+                attempt: 1,
+                pid: 1,
+                pgid: 1,
+                start_time: 1,
+            }));
+            sink.emit(&event(crate::exec::EventKind::Completed {
+                component: "crown-model.GLM4V".to_owned(),
+                attempt: 1,
+                after_ms: 40,
+            }));
+        }
+        let items = tokio::time::timeout(std::time::Duration::from_secs(10), suggestions.recv())
+            .await
+            .expect("the mid-boot suggestion arrives")
+            .expect("channel open");
+        assert_eq!(items[0].suggestion.action, "defer");
+        assert!(matches!(items[0].source, Source::Message { .. }));
+        drop(sinks);
+        let stats = boot.finish().await;
+        assert_eq!(stats.sent, 2, "{stats:?}");
+        let mut types = Vec::new();
+        while let Ok(value) = seen.try_recv() {
+            types.push(format!(
+                "{}:{}",
+                value["type"].as_str().unwrap(),
+                value["state"].as_str().unwrap_or("")
+            ));
+        }
+        assert_eq!(types, ["handshake:", "status:starting", "status:completed"]);
+        let actions: Vec<String> = archive
+            .interactions()
+            .into_iter()
+            .map(|i| i.action)
+            .collect();
+        assert_eq!(
+            actions,
+            ["handshake", "model_launch", "suggestions", "status_stream"]
+        );
+        assert!(archive.briefs_dir().read_dir().unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with("_GLM4V_launch.json")
         }));
     }
 

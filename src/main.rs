@@ -26,7 +26,14 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RAZAR_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("RAZAR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn"))
+        // tungstenite traces the raw upgrade request, Crown's bearer token included: never log it.
+        .add_directive(
+            "tungstenite::handshake::client=off"
+                .parse()
+                .expect("a valid static directive"),
+        );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -329,10 +329,13 @@ fn handshake_sends_brief_and_token_prints_reply_and_archives_the_pair() {
     })))]]);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &crown_section(&crown.url(), "5s", false));
+    // The most verbose logging must not reveal the token either.
     let ran = run(razar(dir.path())
+        .env("RAZAR_LOG", "trace")
         .args(["crown", "handshake", "-c"])
         .arg(&config));
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stderr.contains("TRACE"), "trace logging was on");
     assert!(
         ran.stdout.contains("capabilities: glm-4.1v"),
         "{}",

@@ -502,7 +502,12 @@ impl Boot {
 
     /// The sinks to add to the run's fan-out (after the state store): the status stream, and
     /// the recorder of the model launches among `plan`'s steps.
-    pub fn sinks(&self, graph: &Graph, model_tasks: &[usize]) -> Vec<Box<dyn crate::exec::Sink>> {
+    pub fn sinks(
+        &self,
+        graph: &Graph,
+        model_tasks: &[usize],
+        on_launch: Option<crate::state::crown::LaunchHook>,
+    ) -> Vec<Box<dyn crate::exec::Sink>> {
         let launches = model_tasks
             .iter()
             .filter_map(|&i| {
@@ -515,14 +520,15 @@ impl Boot {
                 })
             })
             .collect();
-        vec![
-            Box::new(self.status.clone()),
-            Box::new(crate::state::crown::LaunchRecorder::new(
-                self.archive.clone(),
-                self.stamp.clone(),
-                launches,
-            )),
-        ]
+        let mut recorder = crate::state::crown::LaunchRecorder::new(
+            self.archive.clone(),
+            self.stamp.clone(),
+            launches,
+        );
+        if let Some(hook) = on_launch {
+            recorder = recorder.with_hook(hook);
+        }
+        vec![Box::new(self.status.clone()), Box::new(recorder)]
     }
 
     /// Suggestions Crown sends during the boot, with their provenance (once).
@@ -639,6 +645,70 @@ async fn pump(
         }
     }
     live.close(timeout).await
+}
+
+/// The steps of a run that are no longer pending (spawned, adopted, completed, skipped,
+/// blocked …), as the executor reports them: what mid-boot suggestions may no longer move.
+#[derive(Debug, Clone, Default)]
+pub struct Started(std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>);
+
+impl Started {
+    pub fn snapshot(&self) -> BTreeSet<String> {
+        self.0.lock().map(|set| set.clone()).unwrap_or_default()
+    }
+}
+
+impl crate::exec::Sink for Started {
+    fn emit(&mut self, event: &crate::exec::Event) {
+        use crate::exec::EventKind;
+        if let (Some(component), false) = (
+            event.kind.component(),
+            matches!(event.kind, EventKind::Probe { .. }),
+        ) && let Ok(mut set) = self.0.lock()
+        {
+            set.insert(component.to_owned());
+        }
+    }
+}
+
+/// Judges each batch of mid-boot suggestions against the steps not yet `started` and sends
+/// the resulting revision to the executor; logs every outcome in `interaction_log.jsonl`.
+/// Ends when the suggestions channel closes (the boot ended) or the executor stops reading.
+pub async fn forward_revisions(
+    mut plan: Plan,
+    started: Started,
+    mut suggestions: tokio::sync::mpsc::Receiver<Vec<Sourced>>,
+    revisions: tokio::sync::mpsc::Sender<crate::plan::suggest::Revision>,
+    archive: Archive,
+    fixed_parallelism: Option<usize>,
+) {
+    while let Some(items) = suggestions.recv().await {
+        let revision =
+            crate::plan::suggest::revise(&plan, &started.snapshot(), &items, fixed_parallelism);
+        for outcome in &revision.outcomes {
+            let verdict = if outcome.applied {
+                "applied"
+            } else {
+                "rejected"
+            };
+            let _ = archive.log(&Interaction {
+                timestamp: link::now_rfc3339(),
+                initiator: "razar".to_owned(),
+                action: "suggestion".to_owned(),
+                response_summary: format!(
+                    "{verdict}: {} — {} ({})",
+                    outcome.suggestion.label(),
+                    outcome.effect,
+                    outcome.source
+                ),
+            });
+        }
+        // Later suggestions are judged against the plan as revised so far.
+        revision.apply(&mut plan);
+        if !revision.is_empty() && revisions.send(revision).await.is_err() {
+            break;
+        }
+    }
 }
 
 fn model_of<'a>(graph: &'a Graph, component: &Component) -> Option<&'a config::Model> {
@@ -795,7 +865,15 @@ components:
             consulted.exchange,
             consulted.brief,
         );
-        let mut sinks = boot.sinks(&consulted.graph, &consulted.model_tasks);
+        let launched = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen_launch = launched.clone();
+        let mut sinks = boot.sinks(
+            &consulted.graph,
+            &consulted.model_tasks,
+            Some(Box::new(move |r| {
+                seen_launch.lock().unwrap().push(r.model.clone())
+            })),
+        );
         let mut suggestions = boot.suggestions().expect("first call");
         let event = |kind| crate::exec::Event {
             at_ms: 0,
@@ -823,6 +901,7 @@ components:
         assert_eq!(items[0].suggestion.action, "defer");
         assert!(matches!(items[0].source, Source::Message { .. }));
         drop(sinks);
+        assert_eq!(*launched.lock().unwrap(), ["GLM4V"]);
         let stats = boot.finish().await;
         assert_eq!(stats.sent, 2, "{stats:?}");
         let mut types = Vec::new();
@@ -849,6 +928,56 @@ components:
                 .to_string_lossy()
                 .ends_with("_GLM4V_launch.json")
         }));
+    }
+
+    #[tokio::test]
+    async fn mid_boot_suggestions_become_revisions_and_are_logged() {
+        use crate::exec::Sink as _;
+        let (dir, g) = graph(STACK);
+        let selected: BTreeSet<usize> = (0..g.len()).collect();
+        let plan = crate::plan::build(&g, &selected, &Options::default());
+        let archive = Archive::new(&dir.path().join("state"));
+        let mut started = Started::default();
+        started.emit(&crate::exec::Event {
+            at_ms: 0,
+            time: "t".to_owned(),
+            kind: crate::exec::EventKind::Spawned {
+                component: "vision_adapter".to_owned(),
+                attempt: 1,
+                pid: 1,
+                pgid: 1,
+                start_time: 1,
+            },
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (rev_tx, mut rev_rx) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(forward_revisions(
+            plan,
+            started,
+            rx,
+            rev_tx,
+            archive.clone(),
+            None,
+        ));
+        let item = |action: &str, component: &str| Sourced {
+            source: Source::Message { at: "t".to_owned() },
+            suggestion: serde_json::from_value(json!({"action": action, "component": component}))
+                .unwrap(),
+        };
+        tx.send(vec![item("skip", "api"), item("defer", "vision_adapter")])
+            .await
+            .unwrap();
+        drop(tx);
+        let revision = rev_rx.recv().await.expect("a revision");
+        assert_eq!(revision.skip.keys().collect::<Vec<_>>(), ["api"]);
+        task.await.unwrap();
+        let log: Vec<String> = archive
+            .interactions()
+            .into_iter()
+            .map(|i| i.response_summary)
+            .collect();
+        assert!(log[0].starts_with("applied: skip api"), "{log:?}");
+        assert!(log[1].contains("has already started"), "{log:?}");
     }
 
     #[test]

@@ -235,7 +235,11 @@ pub struct LaunchRecorder {
     stamp: String,
     launches: Vec<Launch>,
     records: Vec<LaunchRecord>,
+    hook: Option<LaunchHook>,
 }
+
+/// Called with each launch outcome, e.g. to record a `model_launch` event in the store.
+pub type LaunchHook = Box<dyn FnMut(&LaunchRecord) + Send>;
 
 impl LaunchRecorder {
     /// `stamp`: the handshake whose reply caused the launches.
@@ -245,7 +249,14 @@ impl LaunchRecorder {
             stamp,
             launches,
             records: Vec::new(),
+            hook: None,
         }
+    }
+
+    /// Also hands every outcome to `hook`.
+    pub fn with_hook(mut self, hook: LaunchHook) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// Every launch outcome recorded so far.
@@ -296,6 +307,9 @@ impl LaunchRecorder {
             response_summary: summary,
         }) {
             tracing::warn!(target: "razar::crown", "cannot log the launch of `{}`: {err}", launch.model);
+        }
+        if let Some(hook) = self.hook.as_mut() {
+            hook(&record);
         }
         self.records.push(record);
     }

@@ -671,18 +671,258 @@ impl crate::exec::Sink for Started {
     }
 }
 
+/// `razar apply`'s Crown side, prepared before the run: the consulted exchange and what the
+/// run needs to keep the link.
+pub struct RunCrown {
+    settings: Settings,
+    archive: Archive,
+    exchange: Exchange,
+    brief: Brief,
+    graph: Graph,
+    model_tasks: Vec<usize>,
+    /// Advice for a saved plan, applied as a revision before anything starts.
+    initial: Vec<Sourced>,
+    fixed_parallelism: Option<usize>,
+    /// Lines for the operator (online/offline, downtime, launches, notes).
+    pub report: Vec<String>,
+}
+
+/// Settings for a configuration that has a `crown:` section; `None` without one. A
+/// configured Crown without a URL is offline, unless required (a usage error).
+pub fn settings_for(config: &Config) -> Result<Option<Settings>, Error> {
+    let Some(crown) = config.crown.as_ref() else {
+        return Ok(None);
+    };
+    match Settings::resolve(Some(crown), None) {
+        Ok(settings) => Ok(Some(settings)),
+        Err(link::SettingsError::NoUrl) if !crown.required => Ok(None),
+        Err(err) => Err(Error::Usage(err.to_string())),
+    }
+}
+
+/// Builds the plan for `razar apply`, consulting Crown first when the configuration has a
+/// `crown:` section: its downtime, suggestions and missing models shape the plan.
+pub async fn plan_for_run(
+    graph: &Graph,
+    selected: &BTreeSet<usize>,
+    mut options: Options,
+    status: &BTreeMap<String, String>,
+    open_issues: Vec<OpenIssue>,
+    on_handshake: &mut dyn FnMut(&Value),
+) -> Result<(Plan, Option<RunCrown>), Error> {
+    let Some(settings) = settings_for(graph.config())? else {
+        return Ok((crate::plan::build(graph, selected, &options), None));
+    };
+    let archive = Archive::new(&graph.config().state_dir);
+    let consulted = consult(
+        graph,
+        selected,
+        &mut options,
+        &settings,
+        &archive,
+        status,
+        open_issues,
+        "razar",
+    )
+    .await?;
+    on_handshake(&consulted.exchange.record(&settings));
+    let mut plan = crate::plan::build(&consulted.graph, &consulted.selected, &options);
+    explain_model_steps(&mut plan, &consulted.graph, &consulted.model_tasks);
+    let report = consulted.report(&settings);
+    Ok((
+        plan,
+        Some(RunCrown {
+            settings,
+            archive,
+            exchange: consulted.exchange,
+            brief: consulted.brief,
+            graph: consulted.graph,
+            model_tasks: consulted.model_tasks,
+            initial: Vec::new(),
+            fixed_parallelism: options.parallelism,
+            report,
+        }),
+    ))
+}
+
+/// For a saved plan (run exactly as saved): consults Crown with a brief built from the plan,
+/// and turns its downtime and suggestions into a revision adopted before anything starts.
+/// Models Crown lacks cannot be added to a saved plan: the report says so.
+pub async fn saved_plan_crown(
+    plan: &Plan,
+    config: &Config,
+    status: &BTreeMap<String, String>,
+    open_issues: Vec<OpenIssue>,
+    fixed_parallelism: Option<usize>,
+    on_handshake: &mut dyn FnMut(&Value),
+) -> Result<Option<RunCrown>, Error> {
+    let Some(settings) = settings_for(config)? else {
+        return Ok(None);
+    };
+    let archive = Archive::new(&plan.state_dir);
+    let brief = Brief {
+        priority_map: plan
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), s.priority))
+            .collect(),
+        current_status: plan
+            .steps
+            .iter()
+            .map(|s| {
+                let state = status.get(&s.name).map_or("unknown", String::as_str);
+                (s.name.clone(), state.to_owned())
+            })
+            .collect(),
+        open_issues,
+    };
+    let exchange = handshake(&settings, &brief, &archive, "razar").await?;
+    on_handshake(&exchange.record(&settings));
+    let mut report = Vec::new();
+    let mut initial = Vec::new();
+    match &exchange.reached {
+        Reached::Offline(failed) if settings.required => {
+            return Err(Error::CrownUnavailable(format!(
+                "Crown is required (`crown.required: true`) but {}; nothing was started",
+                failed.summary().trim_start_matches("Crown ")
+            )));
+        }
+        Reached::Offline(failed) => report.push(format!(
+            "crown: offline — {}; continuing without Crown",
+            failed.summary()
+        )),
+        Reached::Online(c) => {
+            report.push(format!(
+                "crown: online at {} ({})",
+                settings.display_url(),
+                ack_summary(&c.ack, c.early_suggestions.len())
+            ));
+            let advice = advise(config, &c.ack, &c.early_suggestions, &c.at);
+            for (name, reason) in &advice.downtime {
+                initial.push(Sourced {
+                    source: Source::Handshake { at: c.at.clone() },
+                    suggestion: Suggestion {
+                        action: "skip".to_owned(),
+                        component: Some(name.clone()),
+                        after: None,
+                        value: None,
+                        reason: Some(reason.clone()),
+                        extra: BTreeMap::new(),
+                    },
+                });
+            }
+            initial.extend(advice.suggestions);
+            for &m in &advice.missing_models {
+                if let Some(model) = config.crown.as_ref().and_then(|c| c.models.get(m)) {
+                    report.push(format!(
+                        "crown: Crown lacks `{}`, but a saved plan runs as saved: no launch (plan again to include it)",
+                        model.capability
+                    ));
+                }
+            }
+            report.extend(advice.notes.iter().map(|n| format!("crown: {n}")));
+        }
+    }
+    let graph = graph::compile(config.clone()).map_err(Error::Invalid)?;
+    Ok(Some(RunCrown {
+        settings,
+        archive,
+        exchange,
+        brief,
+        graph,
+        model_tasks: Vec::new(),
+        initial,
+        fixed_parallelism,
+        report,
+    }))
+}
+
+/// Crown's part of a running boot: the link, the sinks, and the revisions for the executor.
+pub struct Running {
+    boot: Boot,
+    sinks: Vec<Box<dyn crate::exec::Sink>>,
+    revisions: Option<tokio::sync::mpsc::Receiver<crate::plan::suggest::Revision>>,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl RunCrown {
+    /// Starts the link for the run of `plan` (inside the runtime the run uses).
+    pub fn start(self, plan: &Plan, on_launch: Option<crate::state::crown::LaunchHook>) -> Running {
+        let mut boot = Boot::start(
+            self.settings,
+            self.archive.clone(),
+            self.exchange,
+            self.brief,
+        );
+        let started = Started::default();
+        let mut sinks = boot.sinks(&self.graph, &self.model_tasks, on_launch);
+        sinks.insert(0, Box::new(started.clone()));
+        let (tx, revisions) = tokio::sync::mpsc::channel(16);
+        let suggestions = boot
+            .suggestions()
+            .expect("a new boot has its suggestions channel");
+        let initial = self.initial;
+        let forward = tokio::spawn({
+            let plan = plan.clone();
+            let archive = self.archive;
+            let fixed = self.fixed_parallelism;
+            async move {
+                forward_revisions(plan, started, initial, suggestions, tx, archive, fixed).await;
+            }
+        });
+        Running {
+            boot,
+            sinks,
+            revisions: Some(revisions),
+            forward,
+        }
+    }
+}
+
+impl Running {
+    /// The sinks to add to the run's fan-out, after the state store and before the reporter
+    /// (taken once).
+    pub fn sinks(&mut self) -> Vec<Box<dyn crate::exec::Sink>> {
+        std::mem::take(&mut self.sinks)
+    }
+
+    /// The revisions for `exec::Options::revisions` (taken once).
+    pub fn revisions(
+        &mut self,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::plan::suggest::Revision>> {
+        self.revisions.take()
+    }
+
+    /// Ends the link once the run has ended (its sinks dropped).
+    pub async fn finish(self) -> link::Stats {
+        let stats = self.boot.finish().await;
+        self.forward.abort();
+        stats
+    }
+}
+
 /// Judges each batch of mid-boot suggestions against the steps not yet `started` and sends
 /// the resulting revision to the executor; logs every outcome in `interaction_log.jsonl`.
-/// Ends when the suggestions channel closes (the boot ended) or the executor stops reading.
+/// `initial` (advice for a saved plan) goes first. Ends when the suggestions channel closes
+/// (the boot ended) or the executor stops reading.
 pub async fn forward_revisions(
     mut plan: Plan,
     started: Started,
+    initial: Vec<Sourced>,
     mut suggestions: tokio::sync::mpsc::Receiver<Vec<Sourced>>,
     revisions: tokio::sync::mpsc::Sender<crate::plan::suggest::Revision>,
     archive: Archive,
     fixed_parallelism: Option<usize>,
 ) {
-    while let Some(items) = suggestions.recv().await {
+    let mut pending = (!initial.is_empty()).then_some(initial);
+    loop {
+        let items = match pending.take() {
+            Some(items) => items,
+            None => match suggestions.recv().await {
+                Some(items) => items,
+                None => break,
+            },
+        };
         let revision =
             crate::plan::suggest::revise(&plan, &started.snapshot(), &items, fixed_parallelism);
         for outcome in &revision.outcomes {
@@ -954,6 +1194,7 @@ components:
         let task = tokio::spawn(forward_revisions(
             plan,
             started,
+            Vec::new(),
             rx,
             rev_tx,
             archive.clone(),

@@ -85,6 +85,48 @@ pub enum Command {
         #[command(subcommand)]
         command: CrownCommand,
     },
+    /// Show each component's state, pid, uptime, restarts, last probe and quarantine, whether
+    /// or not an apply is running.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        #[command(flatten)]
+        state: StateArgs,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, inspect or release quarantined components (left out of plans until released).
+    #[command(after_help = EXIT_CODES)]
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+    /// Print a component's captured output (`<state_dir>/logs/NAME.log`).
+    #[command(after_help = EXIT_CODES)]
+    Logs {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The component.
+        name: String,
+        /// Keep printing what it writes, across log rotation, until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<usize>,
+    },
+    /// Show what razar learned about each component's time to ready: samples, p50, p90,
+    /// failure rate, last seen.
+    #[command(after_help = EXIT_CODES)]
+    History {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Only this component.
+        name: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -113,6 +155,46 @@ pub enum CrownCommand {
         /// Print the handshake record as JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Where the state directory is: the config's `state_dir`, or `--state-dir`.
+#[derive(Debug, clap::Args)]
+pub struct StateArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// State directory to use instead of the config's `state_dir` (no config needed then).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineAction {
+    /// List quarantined components.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one quarantine record: reason, failure class, hint and log tail.
+    Show {
+        #[command(flatten)]
+        state: StateArgs,
+        name: String,
+        /// JSON (the record as `quarantine/NAME.json` holds it).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a component: later plans include it again. Refused while an apply runs.
+    Release {
+        #[command(flatten)]
+        state: StateArgs,
+        name: String,
+        /// What was fixed, recorded in quarantine_log.md.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
     },
 }
 

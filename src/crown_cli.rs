@@ -2,7 +2,7 @@
 //! (`--crown`, `--suggestions`, `--offline`). Argument handling and printing only: the work
 //! is in `razar::crown::session`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::PathBuf;
 
@@ -34,13 +34,24 @@ pub fn plan(
     selected: &BTreeSet<usize>,
     mut options: Options,
     crown: PlanCrown,
+    known: &razar::state::View,
 ) -> Result<Plan, Error> {
     if let Some(path) = &crown.suggestions {
         options.suggestions.extend(suggest::load_file(path)?);
     }
     let config_crown = graph.config().crown.as_ref();
+    let offline_plan = |options: &Options| {
+        if let Some((at, items)) = session::latest_suggestions(known) {
+            let labels: Vec<String> = items.iter().map(suggest::Suggestion::label).collect();
+            eprintln!(
+                "crown: latest suggestions (handshake at {at}), not applied to this plan: {}",
+                labels.join(", ")
+            );
+        }
+        plan::build(graph, selected, options)
+    };
     if crown.offline || (crown.url.is_none() && config_crown.is_none()) {
-        return Ok(plan::build(graph, selected, &options));
+        return Ok(offline_plan(&options));
     }
     let settings = match Settings::resolve(config_crown, crown.url.as_deref()) {
         Ok(settings) => settings,
@@ -50,11 +61,12 @@ pub fn plan(
             eprintln!(
                 "crown: no URL (set `crown.url` or CROWN_WS_URL, or pass --crown URL); planning offline"
             );
-            return Ok(plan::build(graph, selected, &options));
+            return Ok(offline_plan(&options));
         }
         Err(err) => return Err(Error::Usage(err.to_string())),
     };
     let archive = Archive::new(&graph.config().state_dir);
+    let (status, open_issues) = session::known(known);
     // One runtime for the whole exchange: the connection is bound to it until closed.
     let rt = runtime()?;
     let consulted = rt.block_on(async {
@@ -64,8 +76,8 @@ pub fn plan(
             &mut options,
             &settings,
             &archive,
-            &BTreeMap::new(),
-            Vec::new(),
+            &status,
+            open_issues,
             "operator",
         )
         .await?;
@@ -97,7 +109,9 @@ pub fn handshake(
         (Some(path), _) => session::load_brief(path)?,
         (None, Some(graph)) => {
             let selected: BTreeSet<usize> = (0..graph.len()).collect();
-            session::brief(graph, &selected, &BTreeMap::new(), Vec::new())
+            let known = razar::state::read(&graph.config().state_dir)?;
+            let (status, open_issues) = session::known(&known);
+            session::brief(graph, &selected, &status, open_issues)
         }
         (None, None) => {
             return Err(Error::Usage(
@@ -111,6 +125,17 @@ pub fn handshake(
     let archive = Archive::new(&state_dir);
     let rt = runtime()?;
     let exchange = rt.block_on(session::handshake(&settings, &brief, &archive, "operator"))?;
+    // The state keeps the latest handshake; an apply holding the state directory records
+    // its own, so a busy store is only noted.
+    let stored = match razar::state::Store::open(&state_dir) {
+        Ok(store) => store
+            .record_handshake(&exchange.record(&settings))
+            .and_then(|()| store.sync()),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = stored {
+        eprintln!("note: the handshake is archived but not recorded in the state: {err}");
+    }
     let mut out = std::io::stdout().lock();
     if json {
         let mut record = serde_json::to_string_pretty(&exchange.record(&settings))

@@ -22,6 +22,9 @@ pub enum Error {
     /// Crown is `required` but could not be reached (or refused the handshake).
     #[error("{0}")]
     CrownUnavailable(String),
+    /// The state directory (database, lock, state files) cannot be used.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("cannot read `{path}`")]
     Read {
         path: PathBuf,

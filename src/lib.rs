@@ -5,6 +5,7 @@
 //! orders that DAG into a [`plan::Plan`]; `exec` runs a plan and emits events that `state`
 //! persists and `report` shows. See `docs/architecture.md`.
 
+pub mod classify;
 pub mod config;
 pub mod crown;
 pub mod diag;

@@ -12,6 +12,7 @@ use razar::plan;
 
 mod cli;
 mod crown_cli;
+mod state_cmd;
 
 use cli::{Cli, Command, ConfigArgs, CrownCommand, PlanFormat};
 
@@ -54,6 +55,10 @@ fn exit_for(err: Error) -> ExitCode {
         Error::CrownUnavailable(message) => {
             eprintln!("error: {message}");
             ExitCode::from(3)
+        }
+        Error::State(err) if err.is_usage() => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
         }
         other => {
             let mut message = format!("error: {other}");
@@ -114,18 +119,23 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             let graph = load_graph(&config)?;
             let selected = graph.select(&targets)?;
-            let options = plan::Options {
+            // Quarantined components stay out and history weighs the rest; reading state
+            // never creates it and works while an apply holds the database.
+            let known = razar::state::read(&graph.config().state_dir)?;
+            let mut options = plan::Options {
                 targets,
                 parallelism: parallelism.map(|p| p as usize),
                 strategy,
                 ..plan::Options::default()
             };
+            options.exclude = known.exclusions();
+            options.history = razar::state::weights(&known.history, graph.components(), false);
             let crown = crown_cli::PlanCrown {
                 suggestions,
                 url: crown,
                 offline,
             };
-            let plan = crown_cli::plan(&graph, &selected, options, crown)?;
+            let plan = crown_cli::plan(&graph, &selected, options, crown, &known)?;
             let text = match format {
                 PlanFormat::Text => plan::render_text(&plan, std::io::stdout().is_terminal()),
                 PlanFormat::Json => plan.to_json(),
@@ -159,6 +169,22 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             crown_cli::handshake(brief, graph, url, state_dir, json)?;
         }
+        Command::Status { state, json } => {
+            let _ = stdout.write_all(state_cmd::status(&state, json)?.as_bytes());
+        }
+        Command::Quarantine { action } => {
+            let _ = stdout.write_all(state_cmd::quarantine(&action)?.as_bytes());
+        }
+        Command::History { state, name, json } => {
+            let text = state_cmd::history(&state, name.as_deref(), json)?;
+            let _ = stdout.write_all(text.as_bytes());
+        }
+        Command::Logs {
+            state,
+            name,
+            follow,
+            lines,
+        } => state_cmd::logs(&state, &name, follow, lines, &mut stdout)?,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "razar", &mut stdout);
         }

@@ -63,6 +63,41 @@ pub fn load_brief(path: &std::path::Path) -> Result<Brief, crate::diag::Diagnost
     Ok(file.brief.unwrap_or(file.bare))
 }
 
+/// What the state store knows that a brief carries: each component's last status, and the
+/// quarantined components (with their reasons) as open issues.
+pub fn known(view: &crate::state::View) -> (BTreeMap<String, String>, Vec<OpenIssue>) {
+    let status = view
+        .components
+        .iter()
+        .map(|(name, record)| (name.clone(), record.status.as_str().to_owned()))
+        .collect();
+    let issues = view
+        .exclusions()
+        .into_iter()
+        .map(|(id, detail)| OpenIssue { id, detail })
+        .collect();
+    (status, issues)
+}
+
+/// The suggestions of the last recorded handshake (`razar plan` lists them when it does not
+/// consult Crown itself), with when they came.
+pub fn latest_suggestions(view: &crate::state::View) -> Option<(String, Vec<Suggestion>)> {
+    let items: Vec<Suggestion> = view
+        .crown
+        .extra
+        .get("suggestions")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .filter(|items: &Vec<Suggestion>| !items.is_empty())?;
+    let at = view
+        .crown
+        .extra
+        .get("at")
+        .and_then(Value::as_str)
+        .unwrap_or("an earlier handshake")
+        .to_owned();
+    Some((at, items))
+}
+
 /// How a handshake ended.
 #[derive(Debug)]
 pub enum Reached {

@@ -1,3 +1,167 @@
-//! State: the only code that touches sled or writes state files.
+//! State: the only code that touches the sled database or writes razar's files in the state
+//! directory (`razar_state.json`, `quarantine/`, `quarantine_log.md`, the apply lock).
+//!
+//! Writers go through [`Store`], which holds the apply lock for its whole life; its
+//! [`Recorder`] is the executor's first [`Sink`](crate::exec::Sink) and checkpoints every
+//! transition before returning. Readers go through [`read`], which never creates anything and
+//! works while an apply runs (sled is then locked by the apply, so it reads the files the apply
+//! keeps current). sled stays behind this module: no sled type appears in its interface.
+//!
+//! Layout of a state directory (see docs/state.md):
+//!
+//! ```text
+//! <state_dir>/db/                 sled: runs, component checkpoints, history, quarantine, crown
+//! <state_dir>/razar.lock          the apply lock (flock) and the pid holding it
+//! <state_dir>/razar_state.json    snapshot, schemas/razar_state.schema.json
+//! <state_dir>/quarantine/<name>.json, quarantine_log.md
+//! <state_dir>/logs/<name>.log     component output (written by the executor)
+//! <state_dir>/mission_briefs/     Crown handshakes and model launches; interaction_log.jsonl
+//!                                 one line per Crown exchange (both written by `crown`)
+//! ```
+
+use std::path::{Path, PathBuf};
 
 pub mod crown;
+mod db;
+mod files;
+mod history;
+mod lock;
+mod proc;
+mod record;
+pub mod render;
+mod store;
+mod view;
+
+pub use history::{HistoryStats, Outcome as SampleOutcome, Sample, command_hash, weights};
+pub use lock::{Holder, holder};
+pub use proc::{process_alive, process_uptime, start_time};
+pub use record::{
+    BootSummary, ComponentRecord, CrownRecord, EventNote, Phase, ProbeResult, QuarantineRecord,
+    RunRecord, Status,
+};
+pub use store::{Recorder, Store};
+pub use view::{Source, View, read};
+
+/// Version of everything razar writes in a state directory: the database layout, the
+/// `razar_state.json` document and quarantine records.
+pub const STATE_FORMAT: u32 = 1;
+
+/// Samples kept per component (a ring: the oldest is dropped).
+pub const HISTORY_LIMIT: usize = 100;
+
+/// Log lines kept in a quarantine record.
+pub const LOG_TAIL_LIMIT: usize = 50;
+
+/// Why state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Another process holds the apply lock of this state directory.
+    #[error("another razar apply is running on `{}` ({}); wait for it to finish or stop it with `razar down`", dir.display(), holder_text(*pid))]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error("cannot use state directory `{}`", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database cannot be opened or written; razar left it as it was.
+    #[error("state database `{}` cannot be used: {detail}; razar did not modify it (move it aside to start afresh: history and quarantine records would be lost)", path.display())]
+    Database { path: PathBuf, detail: String },
+    /// A record or file does not parse.
+    #[error("`{}` is corrupted ({detail}); razar did not modify it", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("`{}` was written by a newer razar (state format {found}, this razar reads up to {STATE_FORMAT}); upgrade razar", path.display())]
+    Newer { path: PathBuf, found: u64 },
+    #[error("`{name}` is not quarantined{}", known_text(known))]
+    NotQuarantined { name: String, known: Vec<String> },
+}
+
+fn holder_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid} holds the lock"),
+        None => "a process whose pid could not be read holds the lock".to_owned(),
+    }
+}
+
+fn known_text(known: &[String]) -> String {
+    if known.is_empty() {
+        " (nothing is quarantined)".to_owned()
+    } else {
+        format!(" (quarantined: {})", known.join(", "))
+    }
+}
+
+impl StateError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the command cannot run now because another apply holds the state directory,
+    /// or was asked about something that does not exist: usage, exit code 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            StateError::Locked { .. } | StateError::NotQuarantined { .. }
+        )
+    }
+}
+
+/// The files of one state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Paths { dir: dir.into() }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("db")
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("razar.lock")
+    }
+
+    pub fn state_json(&self) -> PathBuf {
+        self.dir.join("razar_state.json")
+    }
+
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.dir.join("quarantine")
+    }
+
+    pub fn quarantine_file(&self, name: &str) -> PathBuf {
+        self.quarantine_dir().join(format!("{name}.json"))
+    }
+
+    pub fn quarantine_log(&self) -> PathBuf {
+        self.dir.join("quarantine_log.md")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// `<state_dir>/logs/<name>.log`; the executor rotates it to `<name>.log.1`.
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.logs_dir().join(format!("{name}.log"))
+    }
+
+    pub fn rotated_log_file(&self, name: &str) -> PathBuf {
+        self.logs_dir().join(format!("{name}.log.1"))
+    }
+}
+
+/// Current wall-clock time, RFC 3339 UTC with milliseconds (as events carry it).
+pub(crate) fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests;

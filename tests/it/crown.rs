@@ -382,7 +382,32 @@ fn handshake_sends_brief_and_token_prints_reply_and_archives_the_pair() {
             .contains("downtime cache")
     );
     assert!(log[0]["timestamp"].as_str().unwrap().ends_with('Z'));
-    assert_token_absent(dir.path(), &[&ran]);
+
+    // The state keeps the reply under `handshake` (and in sled), and a plan that does not
+    // consult Crown lists its latest suggestions.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/razar_state.json")).unwrap())
+            .expect("razar_state.json");
+    assert_eq!(state["handshake"]["acknowledgement"], "ok", "{state:#}");
+    assert_eq!(state["capabilities"], json!(["glm-4.1v"]));
+    assert!(state["downtime"]["cache"].is_object());
+    let offline = run(razar(dir.path())
+        .args(["plan", "--offline", "-c"])
+        .arg(&config));
+    assert_eq!(offline.code, Some(0), "{}", offline.stderr);
+    assert!(
+        offline
+            .stderr
+            .contains("crown: latest suggestions (handshake at "),
+        "{}",
+        offline.stderr
+    );
+    assert!(
+        offline.stderr.contains("prioritize cache"),
+        "{}",
+        offline.stderr
+    );
+    assert_token_absent(dir.path(), &[&ran, &offline]);
 }
 
 #[test]

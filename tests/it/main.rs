@@ -1,3 +1,4 @@
-//! razar's integration tests: one test binary, one module per area.
+//! Integration tests: one test binary, one module per area, each running the real `razar`.
 
 mod crown;
+mod state;

@@ -1,0 +1,521 @@
+//! The database behind the store: the only file that names sled, so replacing it (sled calls
+//! itself beta) touches nothing else. Values are JSON, keys are UTF-8 names or big-endian
+//! sequence numbers.
+//!
+//! Trees: `meta` (format version, run sequence, crown handshake, last component),
+//! `runs` (sequence → [`RunRecord`](super::RunRecord)), `components` (name → checkpoint),
+//! `history` (name → ring of samples), `quarantine` (name → record).
+//!
+//! Durability: a sled flush costs ~70–120 µs here, too much for every event of a large boot,
+//! and sled's unflushed writes live in razar's memory, lost if razar is killed. So every
+//! [`Batch`] is first appended to `<state_dir>/db.journal` with one `write` (in the kernel's
+//! page cache as soon as it returns: it survives razar being killed at any instant), then
+//! applied to sled. Opening the database replays the journal; a checkpoint (sled flush, then
+//! journal truncation) runs when the journal passes [`JOURNAL_CHECKPOINT`] and on close. The
+//! journal is always ahead of sled, so a replay never moves state backwards.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Paths, StateError, files};
+
+/// How long an apply waits for a reader (`razar status`, `razar plan`) that has the database
+/// open for a moment.
+const OPEN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Journal size that triggers a checkpoint.
+pub(crate) const JOURNAL_CHECKPOINT: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tree {
+    Meta,
+    Runs,
+    Components,
+    History,
+    Quarantine,
+}
+
+const TREES: [Tree; 5] = [
+    Tree::Meta,
+    Tree::Runs,
+    Tree::Components,
+    Tree::History,
+    Tree::Quarantine,
+];
+
+impl Tree {
+    fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Runs => "runs",
+            Tree::Components => "components",
+            Tree::History => "history",
+            Tree::Quarantine => "quarantine",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Tree> {
+        TREES.into_iter().find(|t| t.name() == name)
+    }
+}
+
+enum Op {
+    Put(Tree, Vec<u8>, Vec<u8>),
+    Remove(Tree, Vec<u8>),
+}
+
+/// Writes that become durable together (one journal append).
+#[derive(Default)]
+pub(crate) struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn put<T: Serialize>(&mut self, tree: Tree, key: &[u8], value: &T) {
+        let bytes = serde_json::to_vec(value).expect("state records serialise: plain data");
+        self.ops.push(Op::Put(tree, key.to_vec(), bytes));
+    }
+
+    pub fn remove(&mut self, tree: Tree, key: &[u8]) {
+        self.ops.push(Op::Remove(tree, key.to_vec()));
+    }
+
+    fn journal_lines(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for op in &self.ops {
+            match op {
+                Op::Put(tree, key, value) => {
+                    out.extend_from_slice(
+                        format!(
+                            "{{\"op\":\"put\",\"tree\":\"{}\",\"key\":\"{}\",\"value\":",
+                            tree.name(),
+                            hex(key)
+                        )
+                        .as_bytes(),
+                    );
+                    out.extend_from_slice(value);
+                    out.extend_from_slice(b"}\n");
+                }
+                Op::Remove(tree, key) => out.extend_from_slice(
+                    format!(
+                        "{{\"op\":\"remove\",\"tree\":\"{}\",\"key\":\"{}\"}}\n",
+                        tree.name(),
+                        hex(key)
+                    )
+                    .as_bytes(),
+                ),
+            }
+        }
+        out
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Parses one journal line into an operation.
+fn parse_line(line: &[u8]) -> Option<Op> {
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let tree = Tree::from_name(value.get("tree")?.as_str()?)?;
+    let key = unhex(value.get("key")?.as_str()?)?;
+    match value.get("op")?.as_str()? {
+        "put" => Some(Op::Put(
+            tree,
+            key,
+            serde_json::to_vec(value.get("value")?).ok()?,
+        )),
+        "remove" => Some(Op::Remove(tree, key)),
+        _ => None,
+    }
+}
+
+struct Journal {
+    path: PathBuf,
+    file: Option<File>,
+    len: u64,
+}
+
+pub(crate) struct Db {
+    path: PathBuf,
+    db: sled::Db,
+    trees: [sled::Tree; 5],
+    journal: Mutex<Journal>,
+}
+
+/// Why opening failed: another process has the database open, or something else.
+pub(crate) enum OpenError {
+    Busy,
+    Failed(StateError),
+}
+
+impl Db {
+    /// Opens (creating) the database, waiting up to [`OPEN_PATIENCE`] while another process
+    /// has it open.
+    pub fn open_patiently(paths: &Paths) -> Result<Db, StateError> {
+        let deadline = Instant::now() + OPEN_PATIENCE;
+        loop {
+            match Db::open(paths) {
+                Ok(db) => return Ok(db),
+                Err(OpenError::Failed(err)) => return Err(err),
+                Err(OpenError::Busy) if Instant::now() >= deadline => {
+                    return Err(StateError::Database {
+                        path: paths.db(),
+                        detail: "another process keeps it open".to_owned(),
+                    });
+                }
+                Err(OpenError::Busy) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// One attempt to open (creating) the database, replaying the journal an earlier razar
+    /// left.
+    pub fn open(paths: &Paths) -> Result<Db, OpenError> {
+        let path = paths.db();
+        let failed = |detail: String| {
+            OpenError::Failed(StateError::Database {
+                path: path.clone(),
+                detail,
+            })
+        };
+        // sled may panic on some corruptions instead of returning an error; a damaged
+        // database must end in a message, not a crash.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(&path).open());
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(err))) if err.to_string().contains("could not acquire lock") => {
+                return Err(OpenError::Busy);
+            }
+            Ok(Err(err)) => return Err(failed(err.to_string())),
+            Err(_) => {
+                return Err(failed(
+                    "the database library panicked while opening it".into(),
+                ));
+            }
+        };
+        let open_tree = |tree: Tree| {
+            db.open_tree(tree.name())
+                .map_err(|err| failed(format!("tree `{}`: {err}", tree.name())))
+        };
+        let trees = [
+            open_tree(Tree::Meta)?,
+            open_tree(Tree::Runs)?,
+            open_tree(Tree::Components)?,
+            open_tree(Tree::History)?,
+            open_tree(Tree::Quarantine)?,
+        ];
+        let db = Db {
+            path: path.clone(),
+            db,
+            trees,
+            journal: Mutex::new(Journal {
+                path: paths.journal(),
+                file: None,
+                len: 0,
+            }),
+        };
+        db.replay().map_err(OpenError::Failed)?;
+        Ok(db)
+    }
+
+    /// Applies what the journal holds beyond sled, then checkpoints. A torn last line (razar
+    /// killed mid-append) is ignored; an unreadable line stops the replay and the journal is
+    /// kept aside for inspection.
+    fn replay(&self) -> Result<(), StateError> {
+        let path = lock(&self.journal).path.clone();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(StateError::io(&path, err)),
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+            Some(end) => &bytes[..=end],
+            None => &[][..],
+        };
+        let mut applied = 0usize;
+        let mut damaged = false;
+        for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            match parse_line(line) {
+                Some(op) => {
+                    self.apply_op(op)?;
+                    applied += 1;
+                }
+                None => {
+                    damaged = true;
+                    break;
+                }
+            }
+        }
+        tracing::info!(
+            "replayed {applied} journal entries from `{}`",
+            path.display()
+        );
+        self.flush_sled()?;
+        if damaged {
+            let kept = files::move_aside(&path, "damaged")?;
+            tracing::warn!(
+                "`{}` has an unreadable entry after {applied} good ones; replay stopped there and the journal was kept as `{}`",
+                path.display(),
+                kept.display()
+            );
+        } else {
+            self.truncate_journal()?;
+        }
+        Ok(())
+    }
+
+    fn tree(&self, tree: Tree) -> &sled::Tree {
+        &self.trees[tree as usize]
+    }
+
+    fn error(&self, what: String) -> StateError {
+        StateError::Database {
+            path: self.path.clone(),
+            detail: what,
+        }
+    }
+
+    fn corrupt(&self, tree: Tree, key: &[u8], err: impl std::fmt::Display) -> StateError {
+        StateError::Corrupt {
+            path: self.path.clone(),
+            detail: format!(
+                "record `{}/{}`: {err}",
+                tree.name(),
+                String::from_utf8_lossy(key)
+            ),
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        tree: Tree,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        let value = self
+            .tree(tree)
+            .get(key)
+            .map_err(|err| self.error(format!("cannot read `{}`: {err}", tree.name())))?;
+        value
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(|err| self.corrupt(tree, key, err)))
+            .transpose()
+    }
+
+    /// Every record of a tree, in key order.
+    pub fn all<T: DeserializeOwned>(&self, tree: Tree) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+        let mut out = Vec::new();
+        for item in self.tree(tree).iter() {
+            let (key, bytes) =
+                item.map_err(|err| self.error(format!("cannot read `{}`: {err}", tree.name())))?;
+            let value =
+                serde_json::from_slice(&bytes).map_err(|err| self.corrupt(tree, &key, err))?;
+            out.push((key.to_vec(), value));
+        }
+        Ok(out)
+    }
+
+    fn apply_op(&self, op: Op) -> Result<(), StateError> {
+        let result = match op {
+            Op::Put(tree, key, value) => self.tree(tree).insert(key, value).map(|_| tree),
+            Op::Remove(tree, key) => self.tree(tree).remove(key).map(|_| tree),
+        };
+        result
+            .map(|_| ())
+            .map_err(|err| self.error(format!("cannot write: {err}")))
+    }
+
+    /// Makes `batch` durable against razar being killed (one journal append), then applies it.
+    pub fn commit(&self, batch: Batch) -> Result<(), StateError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let bytes = batch.journal_lines();
+        let checkpoint = {
+            let mut journal = lock(&self.journal);
+            let journal = &mut *journal;
+            if journal.file.is_none() {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&journal.path)
+                    .map_err(|e| StateError::io(&journal.path, e))?;
+                journal.len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                journal.file = Some(file);
+            }
+            let file = journal
+                .file
+                .as_mut()
+                .expect("the journal file was opened just above");
+            file.write_all(&bytes)
+                .map_err(|e| StateError::io(&journal.path, e))?;
+            journal.len += bytes.len() as u64;
+            journal.len >= JOURNAL_CHECKPOINT
+        };
+        for op in batch.ops {
+            self.apply_op(op)?;
+        }
+        if checkpoint {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn flush_sled(&self) -> Result<(), StateError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|err| self.error(format!("cannot flush: {err}")))
+    }
+
+    fn truncate_journal(&self) -> Result<(), StateError> {
+        let mut journal = lock(&self.journal);
+        let path = journal.path.clone();
+        match journal.file.as_mut() {
+            Some(file) => file.set_len(0).map_err(|e| StateError::io(&path, e))?,
+            None => match OpenOptions::new().write(true).open(&path) {
+                Ok(file) => file.set_len(0).map_err(|e| StateError::io(&path, e))?,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(StateError::io(&path, err)),
+            },
+        }
+        journal.len = 0;
+        Ok(())
+    }
+
+    /// Flushes sled to disk, then empties the journal it made redundant. Callers must not
+    /// commit concurrently (the store commits under one lock).
+    pub fn checkpoint(&self) -> Result<(), StateError> {
+        self.flush_sled()?;
+        self.truncate_journal()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Paths {
+    /// The database's write-ahead journal.
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join("db.journal")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_lines_round_trip() {
+        let mut batch = Batch::default();
+        batch.put(
+            Tree::Components,
+            b"api",
+            &serde_json::json!({"status": "ready"}),
+        );
+        batch.put(Tree::Runs, &7u64.to_be_bytes(), &"run");
+        batch.remove(Tree::Quarantine, b"api");
+        let text = batch.journal_lines();
+        let ops: Vec<Op> = text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| parse_line(l).expect("parses"))
+            .collect();
+        assert_eq!(ops.len(), 3);
+        match &ops[1] {
+            Op::Put(Tree::Runs, key, value) => {
+                assert_eq!(key, &7u64.to_be_bytes().to_vec());
+                assert_eq!(value, b"\"run\"");
+            }
+            _ => panic!("second op is the run put"),
+        }
+        assert!(matches!(&ops[2], Op::Remove(Tree::Quarantine, key) if key == b"api"));
+        assert!(
+            parse_line(b"{\"op\":\"put\",\"tree\":\"nope\",\"key\":\"00\",\"value\":1}").is_none()
+        );
+    }
+
+    #[test]
+    fn committed_writes_are_in_the_journal_before_sled_is_flushed() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        let mut batch = Batch::default();
+        batch.put(Tree::Components, b"a", &1u32);
+        db.commit(batch).expect("commit");
+        // What a killed razar leaves: the journal, whatever sled had flushed or not.
+        let other = tempfile::tempdir().expect("temp dir");
+        let other_paths = Paths::new(other.path());
+        std::fs::copy(paths.journal(), other_paths.journal()).expect("copy");
+        let replayed = Db::open_patiently(&other_paths).expect("open copy");
+        assert_eq!(
+            replayed.get::<u32>(Tree::Components, b"a").expect("get"),
+            Some(1)
+        );
+        assert_eq!(
+            std::fs::metadata(other_paths.journal())
+                .expect("journal")
+                .len(),
+            0,
+            "a replayed journal is emptied once sled is flushed"
+        );
+        db.checkpoint().expect("checkpoint");
+        assert_eq!(
+            std::fs::metadata(paths.journal()).expect("journal").len(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_a_damaged_one_kept_aside() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let mut batch = Batch::default();
+        batch.put(Tree::Meta, b"x", &5u32);
+        let mut text = batch.journal_lines();
+        text.extend_from_slice(b"{\"op\":\"put\",\"tree\":\"meta\",\"key\":\"79\",\"val");
+        std::fs::write(paths.journal(), &text).expect("write");
+        let db = Db::open_patiently(&paths).expect("open");
+        assert_eq!(db.get::<u32>(Tree::Meta, b"x").expect("get"), Some(5));
+        assert_eq!(db.get::<u32>(Tree::Meta, b"y").expect("get"), None);
+        drop(db);
+
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let mut text = batch.journal_lines();
+        text.extend_from_slice(b"garbage\n");
+        std::fs::write(paths.journal(), &text).expect("write");
+        let db = Db::open_patiently(&paths).expect("open");
+        assert_eq!(db.get::<u32>(Tree::Meta, b"x").expect("get"), Some(5));
+        let kept = std::fs::read_dir(tmp.path())
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("db.journal.damaged-")
+            });
+        assert!(kept, "the damaged journal is kept for inspection");
+    }
+}

@@ -1,0 +1,275 @@
+//! Operator-facing files: the `razar_state.json` snapshot, `quarantine/<name>.json` records and
+//! the `quarantine_log.md` table (ABZU's format). Whole files are replaced atomically (temp
+//! file + rename); the log is append-only.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ComponentRecord, CrownRecord, EventNote, HistoryStats, Paths, QuarantineRecord, RunRecord,
+    STATE_FORMAT, StateError,
+};
+
+/// `razar_state.json`: everything razar knows, for operators, for ABZU-era tools (the keys
+/// `last_component`, `capabilities`, `downtime`, `launched_models`, `handshake` and `events`
+/// keep ABZU's meaning) and for read-only commands while an apply holds the database.
+/// Schema: `schemas/razar_state.schema.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Snapshot {
+    pub version: u32,
+    pub generator: String,
+    pub updated_at: String,
+    pub state_dir: PathBuf,
+    /// The apply holding the state directory when this was written, if any.
+    pub apply: Option<ApplyInfo>,
+    pub run: Option<RunRecord>,
+    /// The last component that became ready or completed (ABZU resumed from it).
+    pub last_component: String,
+    pub capabilities: Vec<String>,
+    pub downtime: serde_json::Map<String, serde_json::Value>,
+    pub launched_models: Vec<String>,
+    pub handshake: CrownRecord,
+    pub components: BTreeMap<String, ComponentRecord>,
+    pub quarantine: BTreeMap<String, QuarantineRecord>,
+    pub history: BTreeMap<String, HistoryStats>,
+    /// Recent events, oldest first.
+    pub events: Vec<EventNote>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApplyInfo {
+    pub pid: u32,
+    pub start_time: Option<u64>,
+}
+
+/// What an existing `razar_state.json` turned out to be.
+pub(crate) enum Existing {
+    Missing,
+    Ours(Box<Snapshot>),
+    /// A JSON object without razar's `version`: ABZU's file, whose keys razar carries over.
+    Foreign(serde_json::Map<String, serde_json::Value>),
+    /// Not parseable: the detail says why.
+    Unreadable(String),
+}
+
+/// Reads `razar_state.json`. A file from a newer razar is an error (it must not be replaced).
+pub(crate) fn read_snapshot(path: &Path) -> Result<Existing, StateError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Missing),
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+            return Ok(Existing::Unreadable("not UTF-8".to_owned()));
+        }
+        Err(err) => return Err(StateError::io(path, err)),
+    };
+    let value: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(value) => value,
+        Err(err) => return Ok(Existing::Unreadable(err.to_string())),
+    };
+    let serde_json::Value::Object(map) = value else {
+        return Ok(Existing::Unreadable("not a JSON object".to_owned()));
+    };
+    let Some(version) = map.get("version") else {
+        return Ok(Existing::Foreign(map));
+    };
+    match version.as_u64() {
+        Some(v) if v > u64::from(STATE_FORMAT) => {
+            return Err(StateError::Newer {
+                path: path.to_path_buf(),
+                found: v,
+            });
+        }
+        Some(_) => {}
+        None => return Ok(Existing::Unreadable("`version` is not a number".to_owned())),
+    }
+    match serde_json::from_value::<Snapshot>(serde_json::Value::Object(map)) {
+        Ok(snapshot) => Ok(Existing::Ours(Box::new(snapshot))),
+        Err(err) => Ok(Existing::Unreadable(err.to_string())),
+    }
+}
+
+pub(crate) fn render_snapshot(snapshot: &Snapshot) -> String {
+    let mut text =
+        serde_json::to_string_pretty(snapshot).expect("the snapshot serialises: plain data");
+    text.push('\n');
+    text
+}
+
+/// Writes a file atomically (temp file, fsync, rename).
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
+    crate::error::write_atomic(path, contents).map_err(|err| match err {
+        crate::Error::Write { path, source } => StateError::Io { path, source },
+        other => StateError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
+}
+
+/// Moves a file aside to `<name>.<suffix>-<unix seconds>` (never overwriting) and returns
+/// where it went, so a damaged or foreign file is kept for the operator, not destroyed.
+pub(crate) fn move_aside(path: &Path, suffix: &str) -> Result<PathBuf, StateError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut target = path.with_file_name(format!("{file_name}.{suffix}-{secs}"));
+    let mut n = 1;
+    while target.exists() {
+        target = path.with_file_name(format!("{file_name}.{suffix}-{secs}.{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &target).map_err(|err| StateError::io(path, err))?;
+    Ok(target)
+}
+
+pub(crate) fn write_quarantine(paths: &Paths, record: &QuarantineRecord) -> Result<(), StateError> {
+    let mut text =
+        serde_json::to_string_pretty(record).expect("quarantine records serialise: plain data");
+    text.push('\n');
+    write_atomic(&paths.quarantine_file(&record.component), text.as_bytes())
+}
+
+pub(crate) fn remove_quarantine(paths: &Paths, name: &str) -> Result<(), StateError> {
+    let path = paths.quarantine_file(name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(StateError::io(&path, err)),
+    }
+}
+
+/// Files in `quarantine/` that are not razar records, with why (left untouched).
+pub(crate) type Foreign = Vec<(PathBuf, String)>;
+
+/// The quarantine records found in `quarantine/`, and the files that are not razar records.
+pub(crate) fn read_quarantine_dir(
+    paths: &Paths,
+) -> Result<(Vec<QuarantineRecord>, Foreign), StateError> {
+    let dir = paths.quarantine_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        Err(err) => return Err(StateError::io(&dir, err)),
+    };
+    let mut records = Vec::new();
+    let mut foreign = Vec::new();
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    for path in files {
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                serde_json::from_str::<QuarantineRecord>(&text).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(record) if path.file_stem().and_then(|s| s.to_str()) == Some(&record.component) => {
+                records.push(record)
+            }
+            Ok(record) => foreign.push((
+                path,
+                format!("names component `{}`, not its file name", record.component),
+            )),
+            Err(detail) => foreign.push((path, detail)),
+        }
+    }
+    Ok((records, foreign))
+}
+
+const LOG_HEADER: &str = "# Quarantine Log
+
+Components razar quarantined (restart attempts exhausted) are recorded in `quarantine/` and below.
+Their dependents are blocked and later plans leave them out.
+
+## Restoring components
+
+To reinstate a component once it is fixed, run
+`razar quarantine release NAME --note \"what was fixed\"`: it removes `quarantine/NAME.json` and
+appends a `resolved` entry to this log. The next plan includes the component again.
+
+| Timestamp (UTC) | Component | Action | Details |
+|-----------------|-----------|--------|---------|
+";
+
+/// A table cell: one line, pipes escaped.
+fn cell(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+/// Appends one row to `quarantine_log.md`, creating it with ABZU's header when missing.
+pub(crate) fn append_log_row(
+    paths: &Paths,
+    timestamp: &str,
+    component: &str,
+    action: &str,
+    details: &str,
+) -> Result<(), StateError> {
+    let path = paths.quarantine_log();
+    let existing = match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(StateError::io(&path, err)),
+    };
+    let mut text = String::new();
+    match &existing {
+        None => text.push_str(LOG_HEADER),
+        Some(bytes) if bytes.is_empty() => text.push_str(LOG_HEADER),
+        Some(bytes) if !bytes.ends_with(b"\n") => text.push('\n'),
+        Some(_) => {}
+    }
+    text.push_str(&format!(
+        "| {} | {} | {} | {} |\n",
+        cell(timestamp),
+        cell(component),
+        cell(action),
+        cell(details)
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_data()
+    };
+    write().map_err(|err| StateError::io(&path, err))
+}
+
+/// Seconds-precision UTC timestamp, as ABZU's log writes it.
+pub(crate) fn log_timestamp(rfc3339: &str) -> String {
+    match humantime::parse_rfc3339_weak(rfc3339) {
+        Ok(time) => humantime::format_rfc3339_seconds(time).to_string(),
+        Err(_) => rfc3339.to_owned(),
+    }
+}
+
+/// The `Details` cell of a quarantine row: `class: reason (log: line); hint`, as ABZU's rows
+/// read (`dependency: circular import …; refactor imports …`).
+pub(crate) fn quarantine_details(record: &QuarantineRecord) -> String {
+    let mut details = format!("{}: {}", record.class, record.reason);
+    if let Some(line) = &record.matched
+        && line != &record.reason
+    {
+        details.push_str(&format!(" (log: {line})"));
+    }
+    details.push_str("; ");
+    details.push_str(&record.hint.replace("NAME", &record.component));
+    details
+}

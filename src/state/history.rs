@@ -1,0 +1,257 @@
+//! History: per component, a bounded ring of attempt samples (spawn → ready for services,
+//! spawn → completed for tasks, or a failure) tied to a hash of the component's command, and
+//! the statistics the planner weighs components by.
+//!
+//! Percentiles use the nearest-rank method over successful samples: p-th percentile = the
+//! sample at rank ⌈p/100 · n⌉ of the sorted durations, so it is always an observed duration
+//! and needs no interpolation.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Command, Component, Kind};
+use crate::plan::WeightSource;
+
+use super::HISTORY_LIMIT;
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A service's probe passed.
+    Ready,
+    /// A task exited 0.
+    Completed,
+    /// The attempt failed (exited early, non-zero, or never became ready).
+    Failed,
+}
+
+/// One attempt of one component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    /// When the attempt ended (RFC 3339).
+    pub at: String,
+    pub run_id: Option<String>,
+    pub attempt: u32,
+    /// Spawn → ready / completed, or spawn → failure.
+    pub duration_ms: u64,
+    pub outcome: Outcome,
+}
+
+/// The samples of one component under one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Ring {
+    pub command_hash: String,
+    pub samples: VecDeque<Sample>,
+}
+
+impl Ring {
+    pub fn new(command_hash: String) -> Self {
+        Ring {
+            command_hash,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Adds a sample, dropping the oldest beyond [`HISTORY_LIMIT`].
+    pub fn push(&mut self, sample: Sample) {
+        self.samples.push_back(sample);
+        while self.samples.len() > HISTORY_LIMIT {
+            self.samples.pop_front();
+        }
+    }
+
+    pub fn stats(&self) -> Option<HistoryStats> {
+        let last = self.samples.back()?;
+        let mut durations: Vec<u64> = self
+            .samples
+            .iter()
+            .filter(|s| s.outcome != Outcome::Failed)
+            .map(|s| s.duration_ms)
+            .collect();
+        durations.sort_unstable();
+        let failures = self.samples.len() - durations.len();
+        Some(HistoryStats {
+            command_hash: self.command_hash.clone(),
+            samples: self.samples.len(),
+            failures,
+            failure_rate: failures as f64 / self.samples.len() as f64,
+            p50_ms: percentile(&durations, 50),
+            p90_ms: percentile(&durations, 90),
+            min_ms: durations.first().copied(),
+            max_ms: durations.last().copied(),
+            last_seen: last.at.clone(),
+            last_outcome: last.outcome,
+        })
+    }
+}
+
+/// What history says about one component.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryStats {
+    /// The command these samples were measured with.
+    pub command_hash: String,
+    /// Attempts recorded (at most [`HISTORY_LIMIT`]).
+    pub samples: usize,
+    pub failures: usize,
+    /// failures / samples.
+    pub failure_rate: f64,
+    /// Over successful attempts; `None` when every attempt failed.
+    pub p50_ms: Option<u64>,
+    pub p90_ms: Option<u64>,
+    pub min_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+    pub last_seen: String,
+    pub last_outcome: Outcome,
+}
+
+impl HistoryStats {
+    /// True when these samples were measured with `command` (of `kind`).
+    pub fn matches(&self, kind: Kind, command: &Command) -> bool {
+        self.command_hash == command_hash(kind, command)
+    }
+}
+
+/// Nearest-rank percentile of sorted values: the value at rank ⌈p/100 · n⌉ (1-based).
+pub fn percentile(sorted: &[u64], p: u32) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let n = sorted.len() as u64;
+    let rank = (u64::from(p) * n).div_ceil(100).clamp(1, n);
+    Some(sorted[(rank - 1) as usize])
+}
+
+/// Identity of what a component runs: SHA-256 over its kind and argv (first 16 hex digits).
+/// Changing either starts its history afresh.
+pub fn command_hash(kind: Kind, command: &Command) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(format!("{kind:?}").as_bytes());
+    for arg in command.argv() {
+        hasher.update([0u8]);
+        hasher.update(arg.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Planner weights (`plan::Options.history`) from history: p50 (p90 when `pessimistic`) of
+/// each component whose recorded command is still its command. Components with a changed
+/// command, no successful sample or no command at all get none (the planner falls back to
+/// `estimate:` or its default).
+pub fn weights(
+    stats: &BTreeMap<String, HistoryStats>,
+    components: &[Component],
+    pessimistic: bool,
+) -> BTreeMap<String, (Duration, WeightSource)> {
+    components
+        .iter()
+        .filter_map(|component| {
+            let command = component.command.as_ref()?;
+            let stats = stats.get(&component.name)?;
+            if !stats.matches(component.kind, command) {
+                return None;
+            }
+            let (ms, source) = if pessimistic {
+                (stats.p90_ms?, WeightSource::HistoryP90)
+            } else {
+                (stats.p50_ms?, WeightSource::HistoryP50)
+            };
+            Some((component.name.clone(), (Duration::from_millis(ms), source)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ms: u64, outcome: Outcome) -> Sample {
+        Sample {
+            at: format!("2025-01-01T00:00:{:02}.000Z", ms % 60),
+            run_id: None,
+            attempt: 1,
+            duration_ms: ms,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        assert_eq!(percentile(&[], 50), None);
+        assert_eq!(percentile(&[7], 50), Some(7));
+        assert_eq!(percentile(&[7], 90), Some(7));
+        assert_eq!(percentile(&[1, 2, 3, 4], 50), Some(2));
+        assert_eq!(percentile(&[1, 2, 3, 4], 90), Some(4));
+        let hundred: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&hundred, 50), Some(50));
+        assert_eq!(percentile(&hundred, 90), Some(90));
+        let ten: Vec<u64> = (1..=10).map(|x| x * 10).collect();
+        assert_eq!(percentile(&ten, 50), Some(50));
+        assert_eq!(percentile(&ten, 90), Some(90));
+        assert_eq!(percentile(&ten, 91), Some(100));
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_hundred_samples() {
+        let mut ring = Ring::new("h".into());
+        for ms in 1..=250 {
+            ring.push(sample(ms, Outcome::Ready));
+        }
+        assert_eq!(ring.samples.len(), HISTORY_LIMIT);
+        assert_eq!(ring.samples.front().map(|s| s.duration_ms), Some(151));
+        let stats = ring.stats().expect("samples exist");
+        assert_eq!(stats.samples, 100);
+        assert_eq!(stats.p50_ms, Some(200));
+        assert_eq!(stats.p90_ms, Some(240));
+        assert_eq!((stats.min_ms, stats.max_ms), (Some(151), Some(250)));
+    }
+
+    #[test]
+    fn failures_count_in_the_rate_but_not_in_the_percentiles() {
+        let mut ring = Ring::new("h".into());
+        ring.push(sample(100, Outcome::Completed));
+        ring.push(sample(5, Outcome::Failed));
+        ring.push(sample(300, Outcome::Completed));
+        ring.push(sample(7, Outcome::Failed));
+        let stats = ring.stats().expect("samples exist");
+        assert_eq!(stats.failures, 2);
+        assert!((stats.failure_rate - 0.5).abs() < f64::EPSILON);
+        assert_eq!(stats.p50_ms, Some(100));
+        assert_eq!(stats.p90_ms, Some(300));
+        assert_eq!(stats.last_outcome, Outcome::Failed);
+
+        let mut failing = Ring::new("h".into());
+        failing.push(sample(1, Outcome::Failed));
+        let stats = failing.stats().expect("samples exist");
+        assert_eq!((stats.p50_ms, stats.failure_rate), (None, 1.0));
+    }
+
+    #[test]
+    fn the_hash_follows_the_command_and_kind() {
+        let a = Command::Argv(vec!["sleep".into(), "1".into()]);
+        let b = Command::Argv(vec!["sleep".into(), "2".into()]);
+        let joined = Command::Argv(vec!["sleep 1".into()]);
+        assert_eq!(command_hash(Kind::Task, &a), command_hash(Kind::Task, &a));
+        assert_ne!(command_hash(Kind::Task, &a), command_hash(Kind::Task, &b));
+        assert_ne!(
+            command_hash(Kind::Task, &a),
+            command_hash(Kind::Service, &a)
+        );
+        assert_ne!(
+            command_hash(Kind::Task, &a),
+            command_hash(Kind::Task, &joined)
+        );
+        assert_eq!(command_hash(Kind::Task, &a).len(), 16);
+    }
+}

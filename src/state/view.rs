@@ -1,0 +1,261 @@
+//! Reading state without writing it: what `razar status`, `plan`, `history` and `quarantine
+//! list|show` see. Never creates the state directory or takes the apply lock.
+//!
+//! While an apply runs it holds the database (sled locks it), so readers take the same facts
+//! from the `razar_state.json` it keeps current; otherwise they open the database, the source
+//! of truth, for a moment. [`View::source`] says which one answered.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::db::{Db, OpenError, Tree};
+use super::files::{self, Existing};
+use super::history::Ring;
+use super::lock::{self, Holder};
+use super::{
+    ComponentRecord, CrownRecord, HistoryStats, Paths, QuarantineRecord, RunRecord, STATE_FORMAT,
+    StateError,
+};
+
+/// How long a reader retries a busy database while no apply holds the state directory.
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Everything persisted, as loaded from the database (or a snapshot).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Loaded {
+    pub run: Option<RunRecord>,
+    pub run_seq: Option<u64>,
+    pub components: BTreeMap<String, ComponentRecord>,
+    pub quarantine: BTreeMap<String, QuarantineRecord>,
+    pub history: BTreeMap<String, HistoryStats>,
+    pub crown: CrownRecord,
+    pub launched_models: Vec<String>,
+    pub last_component: String,
+}
+
+fn utf8(key: Vec<u8>) -> String {
+    String::from_utf8_lossy(&key).into_owned()
+}
+
+pub(crate) fn load(db: &Db) -> Result<Loaded, StateError> {
+    let run_seq = db.get::<u64>(Tree::Meta, b"run_seq")?;
+    let run = match run_seq {
+        Some(seq) => db.get::<RunRecord>(Tree::Runs, &seq.to_be_bytes())?,
+        None => None,
+    };
+    let components = db
+        .all::<ComponentRecord>(Tree::Components)?
+        .into_iter()
+        .map(|(k, v)| (utf8(k), v))
+        .collect();
+    let quarantine = db
+        .all::<QuarantineRecord>(Tree::Quarantine)?
+        .into_iter()
+        .map(|(k, v)| (utf8(k), v))
+        .collect();
+    let history = db
+        .all::<Ring>(Tree::History)?
+        .into_iter()
+        .filter_map(|(k, ring)| ring.stats().map(|s| (utf8(k), s)))
+        .collect();
+    Ok(Loaded {
+        run,
+        run_seq,
+        components,
+        quarantine,
+        history,
+        crown: db.get(Tree::Meta, b"crown")?.unwrap_or_default(),
+        launched_models: db.get(Tree::Meta, b"launched_models")?.unwrap_or_default(),
+        last_component: db.get(Tree::Meta, b"last_component")?.unwrap_or_default(),
+    })
+}
+
+/// Which copy of the state answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Nothing recorded yet (no state directory, or an empty one).
+    Empty,
+    /// The database.
+    Database,
+    /// `razar_state.json`, written at `updated_at` (an apply holds the database).
+    Snapshot { updated_at: String },
+}
+
+/// A read-only picture of a state directory.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub dir: PathBuf,
+    pub source: Source,
+    /// The live apply holding the directory, if any.
+    pub apply: Option<Holder>,
+    pub run: Option<RunRecord>,
+    pub components: BTreeMap<String, ComponentRecord>,
+    pub quarantine: BTreeMap<String, QuarantineRecord>,
+    pub history: BTreeMap<String, HistoryStats>,
+    pub crown: CrownRecord,
+    pub launched_models: Vec<String>,
+    pub last_component: String,
+}
+
+impl View {
+    pub(crate) fn from_loaded(
+        dir: PathBuf,
+        source: Source,
+        apply: Option<Holder>,
+        loaded: Loaded,
+    ) -> View {
+        View {
+            dir,
+            source,
+            apply,
+            run: loaded.run,
+            components: loaded.components,
+            quarantine: loaded.quarantine,
+            history: loaded.history,
+            crown: loaded.crown,
+            launched_models: loaded.launched_models,
+            last_component: loaded.last_component,
+        }
+    }
+
+    fn empty(dir: &Path, apply: Option<Holder>) -> View {
+        View::from_loaded(dir.to_path_buf(), Source::Empty, apply, Loaded::default())
+    }
+
+    /// Components later plans leave out (`plan::Options.exclude`), with the reason.
+    pub fn exclusions(&self) -> BTreeMap<String, String> {
+        exclusions(&self.quarantine)
+    }
+
+    /// One line saying where this information came from.
+    pub fn describe_source(&self) -> String {
+        let dir = self.dir.display();
+        match (&self.source, &self.apply) {
+            (Source::Empty, Some(holder)) => format!(
+                "state: {dir} (an apply is starting, pid {}; nothing recorded yet)",
+                holder.pid
+            ),
+            (Source::Empty, None) => format!("state: {dir} (nothing recorded yet)"),
+            (Source::Database, _) => format!("state: {dir} (from the database)"),
+            (Source::Snapshot { updated_at }, Some(holder)) => format!(
+                "state: {dir} (from razar_state.json written {updated_at}: apply pid {} holds the database)",
+                holder.pid
+            ),
+            (Source::Snapshot { updated_at }, None) => format!(
+                "state: {dir} (from razar_state.json written {updated_at}: the database was busy)"
+            ),
+        }
+    }
+}
+
+pub(crate) fn exclusions(
+    quarantine: &BTreeMap<String, QuarantineRecord>,
+) -> BTreeMap<String, String> {
+    quarantine
+        .iter()
+        .map(|(name, record)| {
+            (
+                name.clone(),
+                format!(
+                    "quarantined since {} ({}: {}); release with `razar quarantine release {name}`",
+                    files::log_timestamp(&record.quarantined_at),
+                    record.class,
+                    record.reason
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Reads the state of `dir` without modifying it: from the database when no apply holds it,
+/// else from `razar_state.json`. A missing directory reads as empty.
+pub fn read(dir: &Path) -> Result<View, StateError> {
+    let paths = Paths::new(dir);
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(StateError::io(
+                dir,
+                std::io::Error::other("not a directory"),
+            ));
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(View::empty(dir, None));
+        }
+        Err(err) => return Err(StateError::io(dir, err)),
+    }
+    let mut apply = lock::holder(dir);
+    if apply.is_none() && paths.db().exists() {
+        // Busy with no apply named: another reader has the database open, an apply is
+        // starting, or a process forked an instant ago still holds an inherited descriptor.
+        // All are brief: retry for a moment, and go to the snapshot once an apply is named.
+        let deadline = std::time::Instant::now() + READ_PATIENCE;
+        loop {
+            match Db::open(&paths) {
+                Ok(db) => {
+                    if let Some(found) = db.get::<u64>(Tree::Meta, b"format")?
+                        && found > u64::from(STATE_FORMAT)
+                    {
+                        return Err(StateError::Newer {
+                            path: paths.db(),
+                            found,
+                        });
+                    }
+                    let loaded = load(&db)?;
+                    return Ok(View::from_loaded(
+                        dir.to_path_buf(),
+                        Source::Database,
+                        None,
+                        loaded,
+                    ));
+                }
+                Err(OpenError::Failed(err)) => return Err(err),
+                Err(OpenError::Busy) => {
+                    apply = lock::holder(dir);
+                    if apply.is_some() || std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    let state_json = paths.state_json();
+    match files::read_snapshot(&state_json)? {
+        Existing::Ours(snapshot) => {
+            let snapshot = *snapshot;
+            let loaded = Loaded {
+                run: snapshot.run,
+                run_seq: None,
+                components: snapshot.components,
+                quarantine: snapshot.quarantine,
+                history: snapshot.history,
+                crown: snapshot.handshake,
+                launched_models: snapshot.launched_models,
+                last_component: snapshot.last_component,
+            };
+            Ok(View::from_loaded(
+                dir.to_path_buf(),
+                Source::Snapshot {
+                    updated_at: snapshot.updated_at,
+                },
+                apply,
+                loaded,
+            ))
+        }
+        Existing::Missing | Existing::Foreign(_) => Ok(View::empty(dir, apply)),
+        Existing::Unreadable(detail) => Err(StateError::Corrupt {
+            path: state_json,
+            detail: format!(
+                "{detail}; {}",
+                match apply {
+                    Some(h) => format!(
+                        "the apply running as pid {} rewrites it on its next event",
+                        h.pid
+                    ),
+                    None => "the next `razar apply` moves it aside and rewrites it".to_owned(),
+                }
+            ),
+        }),
+    }
+}

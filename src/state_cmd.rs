@@ -1,0 +1,314 @@
+//! The state commands of the binary — `status`, `quarantine list|show|release`, `logs` and
+//! `history` — from parsed arguments to output text. Reading goes through `state::read` (never
+//! creates or locks anything); only `quarantine release` opens the store for writing.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use razar::Error;
+use razar::graph::Graph;
+use razar::state::{self, Paths, render};
+
+use crate::cli::{QuarantineAction, StateArgs};
+
+/// The state directory a command works on, and the config when one was read.
+pub struct Target {
+    pub dir: PathBuf,
+    pub graph: Option<Graph>,
+}
+
+/// `--state-dir` wins (a config is then read only when `-c` is given); otherwise the config's
+/// `state_dir`.
+pub fn target(args: &StateArgs) -> Result<Target, Error> {
+    match &args.state_dir {
+        Some(dir) => {
+            let graph = if args.config.files.is_empty() {
+                None
+            } else {
+                Some(crate::load_graph(&args.config)?)
+            };
+            Ok(Target {
+                dir: dir.clone(),
+                graph,
+            })
+        }
+        None => {
+            let graph = crate::load_graph(&args.config)?;
+            Ok(Target {
+                dir: graph.config().state_dir.clone(),
+                graph: Some(graph),
+            })
+        }
+    }
+}
+
+fn components(target: &Target) -> Option<&[razar::config::Component]> {
+    target.graph.as_ref().map(|g| g.components())
+}
+
+pub fn status(args: &StateArgs, json: bool) -> Result<String, Error> {
+    let target = target(args)?;
+    let view = state::read(&target.dir)?;
+    let rows = render::status_rows(&view, components(&target));
+    Ok(if json {
+        render::status_json(&view, &rows)
+    } else {
+        render::status_text(&view, &rows)
+    })
+}
+
+/// An unknown name as a usage error, with the nearest known one.
+fn unknown(what: &str, name: &str, known: impl Iterator<Item = String>) -> Error {
+    let known: Vec<String> = known.collect();
+    let mut message = format!("{what} `{name}`");
+    if let Some(near) = razar::graph::nearest(name, known.iter().map(String::as_str)) {
+        message.push_str(&format!("; did you mean `{near}`?"));
+    }
+    Error::Usage(message)
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    if razar::config::valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "`{name}` is not a component name (names are 1 to 64 of A-Z a-z 0-9 _ . -)"
+        )))
+    }
+}
+
+pub fn quarantine(action: &QuarantineAction) -> Result<String, Error> {
+    match action {
+        QuarantineAction::List { state, json } => {
+            let target = target(state)?;
+            let view = state::read(&target.dir)?;
+            Ok(if *json {
+                render::quarantine_list_json(&view)
+            } else {
+                render::quarantine_list_text(&view)
+            })
+        }
+        QuarantineAction::Show { state, name, json } => {
+            check_name(name)?;
+            let target = target(state)?;
+            let view = state::read(&target.dir)?;
+            let Some(record) = view.quarantine.get(name) else {
+                return Err(state::StateError::NotQuarantined {
+                    name: name.clone(),
+                    known: view.quarantine.keys().cloned().collect(),
+                }
+                .into());
+            };
+            Ok(if *json {
+                render::quarantine_show_json(record)
+            } else {
+                render::quarantine_show_text(record)
+            })
+        }
+        QuarantineAction::Release { state, name, note } => {
+            check_name(name)?;
+            let target = target(state)?;
+            // Releasing writes: refuse before creating anything when there is nothing to do.
+            let view = state::read(&target.dir)?;
+            if view.apply.is_none() && !view.quarantine.contains_key(name) {
+                return Err(state::StateError::NotQuarantined {
+                    name: name.clone(),
+                    known: view.quarantine.keys().cloned().collect(),
+                }
+                .into());
+            }
+            let store = state::Store::open(&target.dir)?;
+            let record = store.release(name, note.as_deref())?;
+            drop(store);
+            Ok(format!(
+                "released `{name}` (quarantined since {}, {}: {}); the next plan includes it again\n",
+                record.quarantined_at, record.class, record.reason
+            ))
+        }
+    }
+}
+
+pub fn history(args: &StateArgs, name: Option<&str>, json: bool) -> Result<String, Error> {
+    let target = target(args)?;
+    let view = state::read(&target.dir)?;
+    let components = components(&target);
+    if let Some(name) = name {
+        check_name(name)?;
+        if !view.history.contains_key(name) {
+            let in_config = components.is_some_and(|cs| cs.iter().any(|c| c.name == name));
+            if !in_config {
+                return Err(unknown(
+                    "no history for",
+                    name,
+                    view.history.keys().cloned().chain(
+                        components
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| c.name.clone()),
+                    ),
+                ));
+            }
+        }
+    }
+    let entries: Vec<_> = view
+        .history
+        .iter()
+        .filter(|(n, _)| name.is_none_or(|wanted| wanted == n.as_str()))
+        .map(|(n, stats)| {
+            (
+                n.clone(),
+                stats.clone(),
+                render::history_current(n, stats, components),
+            )
+        })
+        .collect();
+    Ok(if json {
+        render::history_json(&view, &entries)
+    } else {
+        render::history_text(&view, &entries)
+    })
+}
+
+/// How often `logs -f` looks for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+pub fn logs(
+    args: &StateArgs,
+    name: &str,
+    follow: bool,
+    lines: Option<usize>,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    check_name(name)?;
+    let target = target(args)?;
+    let paths = Paths::new(&target.dir);
+    let log = paths.log_file(name);
+    let rotated = paths.rotated_log_file(name);
+    if !log.exists() && !rotated.exists() {
+        if let Some(graph) = &target.graph
+            && graph.index_of(name).is_none()
+        {
+            return Err(unknown(
+                "unknown component",
+                name,
+                graph.components().iter().map(|c| c.name.clone()),
+            ));
+        }
+        if !follow {
+            eprintln!(
+                "no output captured for `{name}` yet (`{}` does not exist)",
+                log.display()
+            );
+            return Ok(());
+        }
+    }
+    // Open before reading, so nothing written in between is missed when following.
+    let mut current = std::fs::File::open(&log).ok();
+    let mut text = Vec::new();
+    if rotated.exists() {
+        text.extend(read_all(&rotated)?);
+    }
+    if let Some(file) = current.as_mut() {
+        file.read_to_end(&mut text).map_err(|source| Error::Read {
+            path: log.clone(),
+            source,
+        })?;
+    }
+    let shown = match lines {
+        Some(n) => last_lines(&text, n),
+        None => &text[..],
+    };
+    if out.write_all(shown).and_then(|()| out.flush()).is_err() || !follow {
+        return Ok(());
+    }
+    follow_file(&log, current, out)
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The tail of `text` holding its last `n` lines.
+fn last_lines(text: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &[];
+    }
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let mut newlines = 0;
+    for (i, &b) in body.iter().enumerate().rev() {
+        if b == b'\n' {
+            newlines += 1;
+            if newlines == n {
+                return &text[i + 1..];
+            }
+        }
+    }
+    text
+}
+
+/// Prints what is appended to `path` until the output closes. When the executor rotates the
+/// log (renames it to `.log.1` and starts a new one), the rest of the old file is printed,
+/// then the new file from its start; a truncated file is read again from its start.
+fn follow_file(
+    path: &Path,
+    mut current: Option<std::fs::File>,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(file) = current.as_mut() {
+            loop {
+                let n = file.read(&mut buf).map_err(|source| Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                if n == 0 {
+                    break;
+                }
+                if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let on_disk = std::fs::metadata(path).ok();
+        match (&mut current, on_disk) {
+            (None, Some(_)) => current = std::fs::File::open(path).ok(),
+            (Some(file), Some(meta)) => {
+                let open = file.metadata().map_err(|source| Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let position = file.stream_position().unwrap_or(0);
+                if open.ino() != meta.ino() || open.dev() != meta.dev() {
+                    // Rotated: the old file was drained above; continue with the new one.
+                    current = std::fs::File::open(path).ok();
+                    continue;
+                }
+                if meta.len() < position {
+                    let _ = file.seek(SeekFrom::Start(0));
+                    continue;
+                }
+            }
+            (_, None) => {}
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_lines_counts_from_the_end() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(last_lines(b"a\nb\n", 0), b"");
+    }
+}

@@ -156,7 +156,11 @@ impl Diagnostics {
         } else {
             GraphicalTheme::unicode_nocolor()
         };
-        let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
+        // Unwrapped: each problem's `file:line:col: message` stays on one line, for grep
+        // and for editors that jump to `file:line`.
+        let handler = GraphicalReportHandler::new_themed(theme)
+            .with_width(100)
+            .with_wrap_lines(false);
         let mut out = String::new();
         for problem in self.problems() {
             let report = Rendered {

@@ -15,9 +15,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = trimmed.parse::<f64>() {
         return from_secs(secs);
     }
-    humantime::parse_duration(trimmed).map_err(|err| {
-        format!("`{trimmed}` is not a duration ({err}); write e.g. `500ms`, `10s` or `2m`")
-    })
+    humantime::parse_duration(trimmed)
+        .map_err(|_| format!("`{trimmed}` is not a duration; write e.g. `500ms`, `10s` or `2m`"))
 }
 
 /// Converts a JSON/YAML number of seconds into a duration.

@@ -19,6 +19,8 @@ pub struct Graph {
     config: Config,
     /// Node weight: index into `config.components`. Edge `a -> b`: b depends on a.
     dag: DiGraph<usize, Condition>,
+    /// Component indices in a topological order (every dependency before its dependents).
+    topo: Vec<usize>,
     /// Longest number of edges from a root to each node (its wave), by component index.
     waves: Vec<usize>,
 }
@@ -44,6 +46,11 @@ impl Graph {
         self.dag.edge_count()
     }
 
+    /// Every component index, each after all of its dependencies.
+    pub fn topological(&self) -> &[usize] {
+        &self.topo
+    }
+
     /// The wave (depth) of component `i`: 0 for roots, else 1 + the deepest dependency.
     pub fn wave(&self, i: usize) -> usize {
         self.waves[i]
@@ -64,7 +71,7 @@ impl Graph {
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.config.components.iter().position(|c| c.name == name)
+        self.config.index_of(name)
     }
 
     /// The targets plus everything they transitively depend on, as a sorted index set.
@@ -74,12 +81,11 @@ impl Graph {
             return Ok((0..self.len()).collect());
         }
         let mut diags = Diagnostics::new();
-        let by_name = self.name_index();
         let mut selected = BTreeSet::new();
         let mut stack = Vec::new();
         for target in targets {
-            match by_name.get(target.as_str()) {
-                Some(&i) => stack.push(i),
+            match self.index_of(target) {
+                Some(i) => stack.push(i),
                 None => {
                     let mut problem = Problem::file(
                         std::path::Path::new("command line"),
@@ -102,15 +108,6 @@ impl Graph {
             }
         }
         Ok(selected)
-    }
-
-    fn name_index(&self) -> HashMap<&str, usize> {
-        self.config
-            .components
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.as_str(), i))
-            .collect()
     }
 
     /// Graphviz dot of the selected components, edges labelled with non-default conditions.
@@ -234,73 +231,35 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
     for source in &config.sources {
         diags.add_source(&source.path, source.text.clone());
     }
-    let by_name: HashMap<&str, usize> = config
-        .components
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.as_str(), i))
-        .collect();
-    let mut dag: DiGraph<usize, Condition> =
-        DiGraph::with_capacity(config.components.len(), config.components.len() * 3);
+    let edges: usize = config.components.iter().map(|c| c.depends_on.len()).sum();
+    let mut dag: DiGraph<usize, Condition> = DiGraph::with_capacity(config.components.len(), edges);
     for i in 0..config.components.len() {
         dag.add_node(i);
     }
+    // Dependency indices already added for the current component (lists are short).
+    let mut seen: Vec<usize> = Vec::new();
     for (i, component) in config.components.iter().enumerate() {
-        let mut seen = BTreeSet::new();
+        seen.clear();
         for (k, dep) in component.depends_on.iter().enumerate() {
-            let field = dependency_field(component, k);
-            if dep.name == component.name {
-                diags.push(
-                    config::problem_at(
-                        &config,
-                        &component.origin,
-                        &field,
-                        format!("`{}` depends on itself", component.name),
-                    )
-                    .with_hint("remove it from its own depends_on"),
-                );
-                continue;
-            }
-            let Some(&d) = by_name.get(dep.name.as_str()) else {
-                let mut problem = config::problem_at(
-                    &config,
-                    &component.origin,
-                    &field,
-                    format!(
-                        "`{}` depends on unknown component `{}`",
-                        component.name, dep.name
-                    ),
-                );
-                problem =
-                    match nearest(&dep.name, config.components.iter().map(|c| c.name.as_str())) {
-                        Some(near) => problem.with_hint(format!("did you mean `{near}`?")),
-                        None => problem.with_hint("declare it, or remove the dependency"),
-                    };
+            if let Some(problem) = check_dependency(&config, component, k, &seen) {
                 diags.push(problem);
                 continue;
-            };
-            if dep.condition == Condition::Completed && config.components[d].kind == Kind::Service {
-                diags.push(
-                    config::problem_at(
-                        &config,
-                        &component.origin,
-                        &field,
-                        format!(
-                            "`{}` waits for service `{}` to be `completed`, which a service never is",
-                            component.name, dep.name
-                        ),
-                    )
-                    .with_hint(format!("use `ready` (or `started`), or declare `{}` with `kind: task`", dep.name)),
-                );
-                continue;
             }
-            if !seen.insert(d) {
-                continue;
-            }
+            let d = config
+                .index_of(&dep.name)
+                .expect("check_dependency refused unknown names");
+            seen.push(d);
             dag.add_edge(NodeIndex::new(d), NodeIndex::new(i), dep.condition);
         }
     }
-    for cycle in cycles(&dag) {
+    // Sorting succeeds on every valid config; cycles are only searched for when it fails.
+    let sorted = sort(&dag);
+    let cycles = if sorted.is_none() {
+        cycles(&dag)
+    } else {
+        Vec::new()
+    };
+    for cycle in cycles {
         let names: Vec<&str> = cycle
             .iter()
             .map(|&i| config.components[i].name.as_str())
@@ -312,7 +271,7 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
             .depends_on
             .iter()
             .position(|d| d.name == config.components[from].name)
-            .unwrap_or(0);
+            .expect("every cycle edge comes from a depends_on entry");
         let mut path = names.join(" -> ");
         path.push_str(" -> ");
         path.push_str(names[0]);
@@ -324,14 +283,78 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
                 format!("dependency cycle: {path}"),
             )
             .with_hint(format!(
-                "remove the dependency of `{}` on `{}` (or another edge of the cycle) to break it",
+                "remove the dependency of `{}` on `{}` to break this cycle",
                 config.components[to].name, config.components[from].name
             )),
         );
     }
     diags.into_result()?;
-    let waves = waves(&dag);
-    Ok(Graph { config, dag, waves })
+    let (topo, waves) = sorted.expect("a graph without problems has no cycle, so it sorts");
+    Ok(Graph {
+        config,
+        dag,
+        topo,
+        waves,
+    })
+}
+
+/// The problem with the k-th dependency of `component`, if any: a self-dependency, an
+/// unknown name, a repeated entry, or a condition the dependency can never reach.
+fn check_dependency(
+    config: &Config,
+    component: &Component,
+    k: usize,
+    seen: &[usize],
+) -> Option<Problem> {
+    let dep = &component.depends_on[k];
+    let at = |message: String| {
+        config::problem_at(
+            config,
+            &component.origin,
+            &dependency_field(component, k),
+            message,
+        )
+    };
+    if dep.name == component.name {
+        return Some(
+            at(format!("`{}` depends on itself", component.name))
+                .with_hint("remove it from its own depends_on"),
+        );
+    }
+    let Some(d) = config.index_of(&dep.name) else {
+        let problem = at(format!(
+            "`{}` depends on unknown component `{}`",
+            component.name, dep.name
+        ));
+        let names = config.components.iter().map(|c| c.name.as_str());
+        return Some(match nearest(&dep.name, names) {
+            Some(near) => problem.with_hint(format!("did you mean `{near}`?")),
+            None => problem.with_hint("declare it, or remove the dependency"),
+        });
+    };
+    if seen.contains(&d) {
+        return Some(
+            at(format!(
+                "`{}` lists dependency `{}` twice",
+                component.name, dep.name
+            ))
+            .with_hint("keep one entry"),
+        );
+    }
+    let target = &config.components[d];
+    if dep.condition == Condition::Completed && target.kind == Kind::Service {
+        return Some(
+            at(format!(
+                "`{}` waits for service `{}` to be `completed`, which a service never is",
+                component.name, dep.name
+            ))
+            .with_hint(format!(
+                "use `ready` (or `started`), or declare `{}` with `kind: task`",
+                dep.name
+            )),
+        );
+    }
+    None
 }
 
 /// Where the k-th dependency is written: `/depends_on/k` in a list, `/depends_on/name` in a
@@ -362,12 +385,11 @@ fn cycles(dag: &DiGraph<usize, Condition>) -> Vec<Vec<usize>> {
         let mut position: HashMap<NodeIndex, usize> = HashMap::from([(start, 0)]);
         let mut current = start;
         loop {
-            let mut next: Vec<NodeIndex> = dag
+            let next = dag
                 .neighbors_directed(current, Direction::Outgoing)
                 .filter(|n| members.contains(n))
-                .collect();
-            next.sort_unstable();
-            let next = next[0];
+                .min()
+                .expect("every member of a cyclic SCC has a successor inside it");
             if let Some(&at) = position.get(&next) {
                 let mut cycle: Vec<usize> = path[at..].iter().map(|&n| dag[n]).collect();
                 // Start the printed cycle at its smallest member for stable output.
@@ -389,23 +411,63 @@ fn cycles(dag: &DiGraph<usize, Condition>) -> Vec<Vec<usize>> {
     out
 }
 
-fn waves(dag: &DiGraph<usize, Condition>) -> Vec<usize> {
-    let order = petgraph::algo::toposort(dag, None).expect("cycles were rejected above");
-    let mut waves = vec![0usize; dag.node_count()];
-    for node in order {
-        let wave = dag
-            .neighbors_directed(node, Direction::Incoming)
-            .map(|d| waves[dag[d]] + 1)
-            .max()
-            .unwrap_or(0);
-        waves[dag[node]] = wave;
+/// Kahn's algorithm: a topological order of the component indices and each component's
+/// wave (longest path from a root, in edges), in one pass. `None` when there is a cycle.
+fn sort(dag: &DiGraph<usize, Condition>) -> Option<(Vec<usize>, Vec<usize>)> {
+    let n = dag.node_count();
+    let mut waiting: Vec<usize> = (0..n)
+        .map(|i| {
+            dag.neighbors_directed(NodeIndex::new(i), Direction::Incoming)
+                .count()
+        })
+        .collect();
+    let mut waves = vec![0usize; n];
+    let mut order: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut next = 0;
+    while next < order.len() {
+        let i = order[next];
+        next += 1;
+        for dependent in dag.neighbors_directed(NodeIndex::new(i), Direction::Outgoing) {
+            let d = dependent.index();
+            waves[d] = waves[d].max(waves[i] + 1);
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                order.push(d);
+            }
+        }
     }
-    waves
+    (order.len() == n).then_some((order, waves))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dag(n: usize, edges: &[(usize, usize)]) -> DiGraph<usize, Condition> {
+        let mut dag = DiGraph::new();
+        for i in 0..n {
+            dag.add_node(i);
+        }
+        for &(a, b) in edges {
+            dag.add_edge(NodeIndex::new(a), NodeIndex::new(b), Condition::Ready);
+        }
+        dag
+    }
+
+    #[test]
+    fn sort_orders_dependencies_first_and_counts_waves() {
+        // 3 -> 1 -> 0, 3 -> 2, 2 -> 0: 0 is two edges deep on its longest path.
+        let (order, waves) = sort(&dag(4, &[(3, 1), (1, 0), (3, 2), (2, 0)])).expect("a DAG");
+        let at = |i: usize| {
+            order
+                .iter()
+                .position(|&x| x == i)
+                .expect("every node sorted")
+        };
+        assert!(at(3) < at(1) && at(1) < at(0) && at(2) < at(0));
+        assert_eq!(waves, vec![2, 1, 1, 0]);
+        assert_eq!(sort(&dag(3, &[(0, 1), (1, 2), (2, 1)])), None);
+    }
 
     #[test]
     fn nearest_suggests_close_names_only() {

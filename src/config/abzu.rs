@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::locate::Locator;
-use super::native::pointer_of;
 use super::{Command, Decl, Kind, Origin, Parsed, Probe, ProbeCheck, Stop, native};
 use crate::diag::Diagnostics;
 
@@ -28,13 +27,7 @@ fn typed<T: for<'de> Deserialize<'de>>(
     locator: &Locator,
     diags: &mut Diagnostics,
 ) -> Option<T> {
-    serde_path_to_error::deserialize(value)
-        .map_err(|err| {
-            let pointer = pointer_of(err.path());
-            let text = locator.text();
-            diags.push(locator.problem(path, &text, &pointer, err.inner().to_string()));
-        })
-        .ok()
+    native::typed(path, &locator.text(), value, locator, diags)
 }
 
 #[derive(Deserialize)]
@@ -179,24 +172,22 @@ pub fn layer_task(layer: &str) -> String {
     format!("venv.{layer}")
 }
 
-/// `razar_env.yaml`: each layer becomes a task building a virtual environment under
-/// `$RAZAR_STATE_DIR/venv/<layer>` with the layer's packages. The build is skipped when the
-/// environment already holds exactly these packages (a marker file records them).
+/// Where a layer's environment puts its executables (`python3`, installed scripts).
+pub fn layer_bin(state_dir: &Path, layer: &str) -> std::path::PathBuf {
+    state_dir.join("venv").join(layer).join("bin")
+}
+
+/// `razar_env.yaml`: each layer becomes a task building a virtual environment in
+/// `venv/<layer>` under the state directory (its working directory) with the layer's
+/// packages. The build is skipped when the environment already holds exactly these packages
+/// (a marker file records them).
 pub(crate) fn parse_razar_env(
     path: &Path,
     value: Value,
+    locator: &Locator,
     diags: &mut Diagnostics,
 ) -> Option<Parsed> {
-    let env: RazarEnv = match serde_path_to_error::deserialize(value) {
-        Ok(env) => env,
-        Err(err) => {
-            diags.push(crate::diag::Problem::file(
-                path,
-                format!("{} at {}", err.inner(), pointer_of(err.path())),
-            ));
-            return None;
-        }
-    };
+    let env: RazarEnv = typed(path, value, locator, diags)?;
     let decls = env
         .layers
         .into_iter()
@@ -229,7 +220,7 @@ fn shell_quote(word: &str) -> String {
 fn venv_script(layer: &str, packages: &[String]) -> String {
     let quoted: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
     let wanted = shell_quote(&packages.join(" "));
-    let dir = format!("\"$RAZAR_STATE_DIR/venv/\"{}", shell_quote(layer));
+    let dir = format!("venv/{}", shell_quote(layer));
     let install = if quoted.is_empty() {
         String::from("true")
     } else {

@@ -30,12 +30,19 @@ struct Section {
     layer: Option<String>,
 }
 
+/// Whether `line` is the `## Staged Startup Order` heading.
+fn is_startup_heading(line: &str) -> bool {
+    line.trim_start().starts_with("## ") && normalize(line) == "staged_startup_order"
+}
+
+/// Whether a text of unknown format is a blueprint (cheap: looks only at `## ` lines).
+pub(crate) fn has_startup_order(text: &str) -> bool {
+    text.lines().any(is_startup_heading)
+}
+
 pub(crate) fn parse(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Parsed> {
     let lines: Vec<&str> = text.lines().collect();
-    let Some(start) = lines
-        .iter()
-        .position(|l| l.trim_start().starts_with("## ") && normalize(l) == "staged_startup_order")
-    else {
+    let Some(start) = lines.iter().position(|l| is_startup_heading(l)) else {
         diags.push(
             Problem::file(path, "no `## Staged Startup Order` section in this Markdown file")
                 .with_hint("razar reads ABZU's system_blueprint.md: a numbered list under `## Staged Startup Order`"),

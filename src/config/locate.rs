@@ -4,7 +4,7 @@
 //! Valid configs never pay for this: the index is built on first use, by a second pass over
 //! the text with an event parser that reports positions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -88,9 +88,68 @@ impl Locator {
     }
 }
 
-/// Extracts `foo` from serde's "unknown field `foo`, expected …".
+impl Locator {
+    /// Byte offset of the first alias (`*name`), if any.
+    pub fn first_alias(&self) -> Option<usize> {
+        let chars_to_bytes = CharIndex::new(&self.text);
+        Parser::new_from_str(&self.text)
+            .map_while(Result::ok)
+            .find(|(event, _)| matches!(event, Event::Alias(_)))
+            .map(|(_, span)| chars_to_bytes.span(&span).0)
+    }
+
+    /// Byte offset of the first key repeated within one mapping, if any (the parsers
+    /// report a duplicate at its mapping; users look for the key).
+    pub fn first_duplicate_key(&self) -> Option<usize> {
+        let chars_to_bytes = CharIndex::new(&self.text);
+        // Per open container: for mappings, the keys seen and whether the next scalar is a
+        // key; sequences need no state.
+        let mut stack: Vec<Option<(HashSet<String>, bool)>> = Vec::new();
+        for item in Parser::new_from_str(&self.text) {
+            let Ok((event, span)) = item else { break };
+            let is_key = matches!(stack.last(), Some(Some((_, true))));
+            match event {
+                Event::Scalar(value, ..) if is_key => {
+                    let Some(Some((keys, expecting))) = stack.last_mut() else {
+                        unreachable!("is_key checked the top frame")
+                    };
+                    if !keys.insert(value.into_owned()) {
+                        return Some(chars_to_bytes.span(&span).0);
+                    }
+                    *expecting = false;
+                }
+                Event::MappingStart(..) | Event::SequenceStart(..) => {
+                    if let Some(Some((_, expecting))) = stack.last_mut() {
+                        // A container as a key (rare) or as a value: either way the next
+                        // scalar of this mapping is a key again once it closes.
+                        *expecting = false;
+                    }
+                    stack.push(
+                        matches!(event, Event::MappingStart(..)).then(|| (HashSet::new(), true)),
+                    );
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    stack.pop();
+                    if let Some(Some((_, expecting))) = stack.last_mut() {
+                        *expecting = true;
+                    }
+                }
+                Event::Scalar(..) | Event::Alias(_) => {
+                    if let Some(Some((_, expecting))) = stack.last_mut() {
+                        *expecting = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+/// Extracts `foo` from "unknown field `foo`, expected …" (serde's or the schema check's,
+/// possibly after a field path).
 fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
+    let (_, rest) = message.split_once("unknown field `")?;
     rest.split('`').next()
 }
 
@@ -271,6 +330,19 @@ mod tests {
     fn locates_json_values() {
         let text = "{\n  \"components\": [\n    {\"name\": \"a\",\n     \"command\": []}\n  ]\n}\n";
         assert_eq!(line_of(text, "/components/0/command"), 4);
+    }
+
+    #[test]
+    fn finds_the_repeated_key() {
+        let text = "a: 1\nb:\n  c: [1, 2]\n  d: {e: 1}\n  c: 3\n";
+        let offset = Locator::new(text.into())
+            .first_duplicate_key()
+            .expect("`c` repeats");
+        assert_eq!(crate::diag::line_col(text, offset), (5, 3));
+        assert_eq!(
+            Locator::new("a: {b: 1}\nb: 2\n".into()).first_duplicate_key(),
+            None
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod abzu;
 mod blueprint;
+pub mod document;
 mod load;
 pub mod locate;
 pub mod native;
@@ -43,11 +44,19 @@ pub struct Config {
     pub components: Vec<Component>,
     /// The files this configuration was read from, with their contents (for hashing).
     pub sources: Vec<SourceFile>,
+    /// Index into `components` by name (names are unique once loaded). FxHash: names
+    /// come from the operator's own files, and it hashes them several times faster.
+    by_name: rustc_hash::FxHashMap<String, usize>,
 }
 
 impl Config {
+    /// The position of the component called `name` in `components`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
     pub fn component(&self, name: &str) -> Option<&Component> {
-        self.components.iter().find(|c| c.name == name)
+        self.index_of(name).map(|i| &self.components[i])
     }
 
     /// SHA-256 over every source file's path and bytes: the identity of these inputs.
@@ -65,11 +74,42 @@ pub enum Kind {
 }
 
 /// How a component is started: argv exec'd directly, or a string run by `sh -c`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum Command {
     Argv(Vec<String>),
     Shell(String),
+}
+
+// By hand rather than `#[serde(untagged)]`, which buffers every value before trying each
+// variant: commands are on every component, and a 100k-component config has 100k of them.
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Command;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a command: an argv list of strings, or a shell string")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Command, E> {
+                Ok(Command::Shell(text.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Command, E> {
+                Ok(Command::Shell(text))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Command, A::Error> {
+                let mut argv = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+                while let Some(word) = seq.next_element::<String>()? {
+                    argv.push(word);
+                }
+                Ok(Command::Argv(argv))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Command {
@@ -227,6 +267,9 @@ pub struct Component {
     pub env: BTreeMap<String, String>,
     /// Absolute working directory.
     pub cwd: Option<PathBuf>,
+    /// Absolute directories to put in front of `PATH` when running the command (the `bin`
+    /// of its layer's virtual environment).
+    pub path: Vec<PathBuf>,
     /// The Python environment layer the component runs in.
     pub layer: Option<String>,
     pub tests: Option<Command>,
@@ -361,6 +404,18 @@ impl Format {
             Format::RazarEnv => "ABZU razar_env.yaml",
             Format::Priorities => "ABZU component_priorities.yaml",
             Format::Blueprint => "ABZU system_blueprint.md",
+        }
+    }
+
+    /// The schema describing this format, as shipped in `schemas/`.
+    pub fn schema_file(self) -> &'static str {
+        match self {
+            Format::Native => "schemas/razar.schema.json",
+            Format::BootConfig => "schemas/boot_config.schema.json",
+            Format::RazarConfig => "schemas/razar_config.schema.json",
+            Format::RazarEnv => "schemas/razar_env.schema.json",
+            Format::Priorities => "schemas/component_priorities.schema.json",
+            Format::Blueprint => "docs/formats.md (Markdown has no schema)",
         }
     }
 }

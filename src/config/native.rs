@@ -11,15 +11,23 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::document::Document;
 use super::locate::Locator;
 use super::{
-    Backoff, Command, Condition, Crown, Decl, Defaults, Dependency, Kind, Model, Origin, Parsed,
-    Probe, ProbeCheck, Restart, RestartMode, Settings, Stop,
+    Backoff, Command, Condition, Crown, Decl, Defaults, Dependency, Format, Kind, Model, Origin,
+    Parsed, Probe, ProbeCheck, Restart, RestartMode, Settings, Stop, schema,
 };
-use crate::diag::Diagnostics;
+use crate::diag::{Diagnostics, Problem};
 
+/// The whole document's shape. Documents are read as a [`RawHeader`] plus one
+/// [`RawComponent`] per item; this type serves to locate a value of the wrong type with
+/// serde_path_to_error when that fails.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "only deserialized, to find where a document stops matching the raw types"
+)]
 pub(crate) struct RawConfig {
     #[serde(default)]
     pub version: Option<u32>,
@@ -81,11 +89,45 @@ pub(crate) struct RawComponent {
 }
 
 /// `depends_on: [a, b]` or `depends_on: {a: ready, b: completed}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(crate) enum RawDepends {
     List(Vec<String>),
     Map(BTreeMap<String, Condition>),
+}
+
+impl<'de> Deserialize<'de> for RawDepends {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawDepends;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a list of component names, or a map of name to started|ready|completed",
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawDepends, A::Error> {
+                let mut names = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(RawDepends::List(names))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawDepends, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((name, condition)) = map.next_entry::<String, Condition>()? {
+                    out.insert(name, condition);
+                }
+                Ok(RawDepends::Map(out))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,47 +209,115 @@ pub(crate) struct RawModel {
 }
 
 /// `10s`, `250ms` or a number of seconds.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(crate) enum RawDuration {
     Seconds(f64),
     Text(String),
 }
 
-/// Environment values may be written as strings, numbers or booleans.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum RawScalar {
-    Text(String),
-    Number(serde_json::Number),
-    Bool(bool),
-}
-
-impl RawScalar {
-    fn into_string(self) -> String {
-        match self {
-            RawScalar::Text(text) => text,
-            RawScalar::Number(number) => number.to_string(),
-            RawScalar::Bool(flag) => flag.to_string(),
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as `10s` or `250ms`, or a number of seconds")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(text.to_owned()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, secs: f64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(secs))
+            }
+            fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(secs as f64))
+            }
+            fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(secs as f64))
+            }
         }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
-/// Field-level conversion with problem reporting at JSON pointers.
-struct Ctx<'a> {
-    path: &'a Path,
-    text: &'a str,
-    locator: &'a Locator,
-    diags: &'a mut Diagnostics,
+/// Environment values may be written as strings, numbers or booleans; all become strings.
+#[derive(Debug)]
+pub(crate) struct RawScalar(String);
+
+impl<'de> Deserialize<'de> for RawScalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawScalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawScalar, E> {
+                Ok(RawScalar(text.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<RawScalar, E> {
+                Ok(RawScalar(text))
+            }
+            fn visit_bool<E: serde::de::Error>(self, flag: bool) -> Result<RawScalar, E> {
+                Ok(RawScalar(flag.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawScalar, E> {
+                Ok(RawScalar(n.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawScalar, E> {
+                Ok(RawScalar(n.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<RawScalar, E> {
+                Ok(RawScalar(
+                    serde_json::Number::from_f64(n)
+                        .map_or_else(|| n.to_string(), |n| n.to_string()),
+                ))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
-impl Ctx<'_> {
+/// A problem found while converting, at a JSON pointer, located in the source afterwards
+/// (items are converted on several threads before their position in the list is known).
+struct Pending {
+    pointer: String,
+    message: String,
+    hint: Option<String>,
+}
+
+/// Field-level conversion, collecting problems at JSON pointers.
+#[derive(Default)]
+struct Ctx {
+    problems: Vec<Pending>,
+}
+
+impl Ctx {
     fn problem(&mut self, pointer: &str, message: String, hint: Option<&str>) {
-        let mut problem = self.locator.problem(self.path, self.text, pointer, message);
-        if let Some(hint) = hint {
-            problem = problem.with_hint(hint);
+        self.problems.push(Pending {
+            pointer: pointer.to_owned(),
+            message,
+            hint: hint.map(str::to_owned),
+        });
+    }
+
+    /// Locates every collected problem; `prefix` is prepended to their pointers.
+    fn report(
+        self,
+        prefix: &str,
+        path: &Path,
+        text: &str,
+        locator: &Locator,
+        diags: &mut Diagnostics,
+    ) {
+        for pending in self.problems {
+            let pointer = format!("{prefix}{}", pending.pointer);
+            let mut problem = locator.problem(path, text, &pointer, pending.message);
+            if let Some(hint) = pending.hint {
+                problem = problem.with_hint(hint);
+            }
+            diags.push(problem);
         }
-        self.diags.push(problem);
     }
 
     fn duration(&mut self, pointer: &str, raw: Option<RawDuration>) -> Option<Duration> {
@@ -241,9 +351,14 @@ impl Ctx<'_> {
         Some(command)
     }
 
-    fn restart(&mut self, pointer: &str, raw: Option<RawRestart>) -> Option<Restart> {
+    /// A restart policy: the fields `raw` sets, the rest from `base` (the file's defaults).
+    fn restart(
+        &mut self,
+        pointer: &str,
+        raw: Option<RawRestart>,
+        base: &Restart,
+    ) -> Option<Restart> {
         let raw = raw?;
-        let base = super::load::default_restart();
         let backoff = raw.backoff.map_or(base.backoff.clone(), |b| {
             let jitter = b.jitter.unwrap_or(base.backoff.jitter);
             if !(0.0..=1.0).contains(&jitter) {
@@ -281,9 +396,9 @@ impl Ctx<'_> {
         })
     }
 
-    fn stop(&mut self, pointer: &str, raw: Option<RawStop>) -> Option<Stop> {
+    /// A stop policy: the fields `raw` sets, the rest from `base` (the file's defaults).
+    fn stop(&mut self, pointer: &str, raw: Option<RawStop>, base: &Stop) -> Option<Stop> {
         let raw = raw?;
-        let base = super::load::default_stop();
         let signal = match raw.signal {
             Some(signal) => {
                 let normalized = normalize_signal(&signal);
@@ -303,7 +418,9 @@ impl Ctx<'_> {
             grace: self
                 .duration(&format!("{pointer}/grace"), raw.grace)
                 .unwrap_or(base.grace),
-            command: self.command(&format!("{pointer}/command"), raw.command),
+            command: self
+                .command(&format!("{pointer}/command"), raw.command)
+                .or_else(|| base.command.clone()),
         })
     }
 }
@@ -318,28 +435,157 @@ pub fn normalize_signal(name: &str) -> Option<String> {
     KNOWN.contains(&bare).then(|| format!("SIG{bare}"))
 }
 
-/// Converts a validated native document into declarations and settings.
-pub(crate) fn parse(
+/// The top level of a native document, without its components (converted one by one).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default)]
+    parallelism: Option<usize>,
+    #[serde(default)]
+    state_dir: Option<String>,
+    #[serde(default)]
+    defaults: Option<RawDefaults>,
+    #[serde(default)]
+    crown: Option<RawCrown>,
+}
+
+/// What became of one list item.
+enum Item {
+    Converted(Box<Decl>, Ctx),
+    /// Schema violations, with pointers relative to the item, and the item's name when it
+    /// has one (the component still exists for the graph checks: its dependents are not
+    /// reported as depending on an unknown component).
+    Invalid(Vec<schema::Violation>, Option<String>),
+    /// Passed the schema but not the raw types (the schema is looser somewhere): located
+    /// by a second, path-tracking pass.
+    Untyped,
+}
+
+/// Reads a native document: checks the top level against the schema, then each component
+/// (against `#/$defs/component`) and converts it, in parallel. Every problem is reported.
+pub(crate) fn read(
     path: &Path,
     text: &str,
-    value: Value,
+    mut document: Document<'_>,
     locator: &Locator,
     diags: &mut Diagnostics,
 ) -> Option<Parsed> {
-    let raw: RawConfig = match serde_path_to_error::deserialize(value) {
-        Ok(raw) => raw,
+    let hint = format!(
+        "see the {} schema, {}",
+        Format::Native.describe(),
+        Format::Native.schema_file()
+    );
+    let header = Value::Object(std::mem::take(&mut document.header));
+    let mut header_valid = true;
+    for violation in schema::validate(Format::Native, &header) {
+        header_valid = false;
+        diags.push(
+            locator
+                .problem(path, text, &violation.pointer, violation.describe())
+                .with_hint(hint.clone()),
+        );
+    }
+    let raw: Option<RawHeader> = if header_valid {
+        typed(path, text, header, locator, diags)
+    } else {
+        None
+    };
+    let mut ctx = Ctx::default();
+    let settings = raw.map(|raw| settings(&mut ctx, raw));
+    ctx.report("", path, text, locator, diags);
+    let (base_restart, base_stop, ready_timeout) = match &settings {
+        Some(s) => (
+            s.defaults
+                .restart
+                .clone()
+                .unwrap_or_else(super::load::default_restart),
+            s.defaults
+                .stop
+                .clone()
+                .unwrap_or_else(super::load::default_stop),
+            s.defaults.ready_timeout,
+        ),
+        None => (
+            super::load::default_restart(),
+            super::load::default_stop(),
+            None,
+        ),
+    };
+    let converted = document.items(|value| {
+        let violations = schema::validate_component(&value);
+        if !violations.is_empty() {
+            let name = value.get("name").and_then(Value::as_str).map(str::to_owned);
+            return Item::Invalid(violations, name);
+        }
+        let Ok(raw) = RawComponent::deserialize(value) else {
+            return Item::Untyped;
+        };
+        let mut ctx = Ctx::default();
+        let decl = component(&mut ctx, raw, &base_restart, &base_stop, ready_timeout);
+        Item::Converted(Box::new(decl), ctx)
+    });
+    let items = match converted {
+        Ok(items) => items,
         Err(err) => {
-            let pointer = pointer_of(err.path());
-            diags.push(locator.problem(path, text, &pointer, err.inner().to_string()));
+            diags.push(super::load::parse_problem(path, text, err));
             return None;
         }
     };
-    let mut ctx = Ctx {
-        path,
-        text,
-        locator,
-        diags,
-    };
+    let mut decls = Vec::with_capacity(items.len());
+    let mut untyped = false;
+    for (i, item) in items.into_iter().enumerate() {
+        let at = format!("/components/{i}");
+        match item {
+            Item::Converted(decl, ctx) => {
+                ctx.report(&at, path, text, locator, diags);
+                let mut decl = *decl;
+                decl.origin = Origin {
+                    file: path.to_path_buf(),
+                    pointer: Some(at),
+                    line: None,
+                };
+                decls.push(decl);
+            }
+            Item::Invalid(violations, name) => {
+                if let Some(name) = name {
+                    decls.push(Decl {
+                        name,
+                        origin: Origin {
+                            file: path.to_path_buf(),
+                            pointer: Some(at.clone()),
+                            line: None,
+                        },
+                        ..Decl::default()
+                    });
+                }
+                for mut violation in violations {
+                    violation.pointer.insert_str(0, &at);
+                    diags.push(
+                        locator
+                            .problem(path, text, &violation.pointer, violation.describe())
+                            .with_hint(hint.clone()),
+                    );
+                }
+            }
+            Item::Untyped => untyped = true,
+        }
+    }
+    if untyped {
+        locate_type_error::<RawConfig>(path, text, locator, diags);
+        return None;
+    }
+    // Problems found so far are recorded and make the load fail; what could be read still
+    // goes on to the name and graph checks, so the user sees every problem in one run.
+    Some(Parsed {
+        settings: settings.unwrap_or_default(),
+        decls,
+    })
+}
+
+/// Top-level settings of one file.
+fn settings(ctx: &mut Ctx, raw: RawHeader) -> Settings {
     if let Some(version) = raw.version
         && version != 1
     {
@@ -356,11 +602,13 @@ pub(crate) fn parse(
             None,
         );
     }
+    let builtin_restart = super::load::default_restart();
+    let builtin_stop = super::load::default_stop();
     let defaults = match raw.defaults {
         Some(d) => Defaults {
             ready_timeout: ctx.duration("/defaults/ready_timeout", d.ready_timeout),
-            restart: ctx.restart("/defaults/restart", d.restart),
-            stop: ctx.stop("/defaults/stop", d.stop),
+            restart: ctx.restart("/defaults/restart", d.restart, &builtin_restart),
+            stop: ctx.stop("/defaults/stop", d.stop, &builtin_stop),
         },
         None => Defaults::default(),
     };
@@ -386,79 +634,67 @@ pub(crate) fn parse(
             })
             .collect(),
     });
-    let mut decls = Vec::with_capacity(raw.components.len());
-    for (i, c) in raw.components.into_iter().enumerate() {
-        let at = format!("/components/{i}");
-        let ready = c
-            .ready
-            .and_then(|p| probe(&mut ctx, &format!("{at}/ready"), p));
-        let depends_on = c.depends_on.map(|d| match d {
-            RawDepends::List(names) => names
-                .into_iter()
-                .map(|name| Dependency {
-                    name,
-                    condition: Condition::Ready,
-                })
-                .collect(),
-            RawDepends::Map(map) => map
-                .into_iter()
-                .map(|(name, condition)| Dependency { name, condition })
-                .collect(),
-        });
-        let command = ctx.command(&format!("{at}/command"), c.command);
-        decls.push(Decl {
-            name: c.name,
-            kind: c.kind,
-            command,
-            depends_on,
-            priority: c.priority,
-            ready,
-            restart: ctx.restart(&format!("{at}/restart"), c.restart),
-            stop: ctx.stop(&format!("{at}/stop"), c.stop),
-            env: c
-                .env
-                .into_iter()
-                .map(|(k, v)| (k, v.into_string()))
-                .collect(),
-            cwd: c.cwd.map(Into::into),
-            layer: c.layer,
-            tests: ctx.command(&format!("{at}/tests"), c.tests),
-            estimate: ctx.duration(&format!("{at}/estimate"), c.estimate),
-            daemonizes: c.daemonizes,
-            optional: c.optional,
-            notes: Vec::new(),
-            stage: None,
-            stage_deps: Vec::new(),
-            origin: Origin {
-                file: path.to_path_buf(),
-                pointer: Some(at),
-                line: None,
-            },
-        });
+    Settings {
+        parallelism: raw.parallelism,
+        state_dir: raw.state_dir.map(Into::into),
+        crown,
+        defaults,
     }
-    // Readiness deadline default is per file: a probe without `timeout` takes the file's
-    // `defaults.ready_timeout`.
-    if let Some(ready_timeout) = defaults.ready_timeout {
-        for decl in &mut decls {
-            if let Some(probe) = &mut decl.ready
-                && probe.timeout == Duration::ZERO
-            {
-                probe.timeout = ready_timeout;
-            }
-        }
-    }
-    Some(Parsed {
-        settings: Settings {
-            parallelism: raw.parallelism,
-            state_dir: raw.state_dir.map(Into::into),
-            crown,
-            defaults,
-        },
-        decls,
-    })
 }
 
-fn probe(ctx: &mut Ctx<'_>, pointer: &str, raw: RawProbe) -> Option<Probe> {
+/// One component's declaration; problems go to `ctx` with pointers relative to it. A
+/// component's `restart:`/`stop:` override the file's defaults field by field, and a probe
+/// without `timeout` takes the file's `defaults.ready_timeout`.
+fn component(
+    ctx: &mut Ctx,
+    c: RawComponent,
+    base_restart: &Restart,
+    base_stop: &Stop,
+    ready_timeout: Option<Duration>,
+) -> Decl {
+    let mut ready = c.ready.and_then(|p| probe(ctx, "/ready", p));
+    if let (Some(probe), Some(timeout)) = (&mut ready, ready_timeout)
+        && probe.timeout == Duration::ZERO
+    {
+        probe.timeout = timeout;
+    }
+    let depends_on = c.depends_on.map(|d| match d {
+        RawDepends::List(names) => names
+            .into_iter()
+            .map(|name| Dependency {
+                name,
+                condition: Condition::Ready,
+            })
+            .collect(),
+        RawDepends::Map(map) => map
+            .into_iter()
+            .map(|(name, condition)| Dependency { name, condition })
+            .collect(),
+    });
+    Decl {
+        name: c.name,
+        kind: c.kind,
+        command: ctx.command("/command", c.command),
+        depends_on,
+        priority: c.priority,
+        ready,
+        restart: ctx.restart("/restart", c.restart, base_restart),
+        stop: ctx.stop("/stop", c.stop, base_stop),
+        env: c.env.into_iter().map(|(k, RawScalar(v))| (k, v)).collect(),
+        cwd: c.cwd.map(Into::into),
+        layer: c.layer,
+        tests: ctx.command("/tests", c.tests),
+        estimate: ctx.duration("/estimate", c.estimate),
+        daemonizes: c.daemonizes,
+        optional: c.optional,
+        notes: Vec::new(),
+        stage: None,
+        stage_deps: Vec::new(),
+        origin: Origin::default(),
+    }
+}
+
+fn probe(ctx: &mut Ctx, pointer: &str, raw: RawProbe) -> Option<Probe> {
     let mut checks = Vec::new();
     if let Some(addr) = raw.tcp {
         if !addr.contains(':') {
@@ -524,6 +760,50 @@ fn probe(ctx: &mut Ctx<'_>, pointer: &str, raw: RawProbe) -> Option<Probe> {
 
 /// Longest pause between readiness checks unless a probe sets `interval`.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Deserializes a schema-checked document into its raw type. Valid input pays for no path
+/// tracking: only when deserializing fails is the text parsed again, to find where.
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    value: Value,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    match T::deserialize(value) {
+        Ok(typed) => Some(typed),
+        Err(_) => {
+            locate_type_error::<T>(path, text, locator, diags);
+            None
+        }
+    }
+}
+
+/// Parses `text` again and deserializes it into `T` with serde_path_to_error, reporting
+/// where the first value of the wrong type is.
+pub(crate) fn locate_type_error<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    locator: &Locator,
+    diags: &mut Diagnostics,
+) {
+    let again: Result<Value, String> = if super::load::is_json(path) {
+        super::document::json(text).map_err(|e| e.to_string())
+    } else {
+        super::document::yaml(text).map_err(|e| e.to_string())
+    };
+    let problem = match again.map(serde_path_to_error::deserialize::<_, T>) {
+        Ok(Err(located)) => locator.problem(
+            path,
+            text,
+            &pointer_of(located.path()),
+            located.inner().to_string(),
+        ),
+        Ok(Ok(_)) => Problem::file(path, "the config does not match razar's types"),
+        Err(message) => Problem::file(path, message),
+    };
+    diags.push(problem);
+}
 
 /// Builds a JSON pointer from serde_path_to_error's path.
 pub(crate) fn pointer_of(path: &serde_path_to_error::Path) -> String {

@@ -362,6 +362,7 @@ pub fn with_model_launches(graph: &Graph, missing: &[usize]) -> (Graph, Vec<usiz
             stop: config::default_stop(),
             env: BTreeMap::new(),
             cwd: cwd.clone(),
+            path: Vec::new(),
             layer: None,
             tests: None,
             estimate: None,

@@ -4,10 +4,11 @@
 //!
 //! Plans are deterministic: the same inputs give a byte-identical plan (no clocks, sorted maps).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
@@ -44,6 +45,8 @@ pub struct Plan {
     pub parallelism: usize,
     /// Components asked for on the command line (empty: all).
     pub targets: Vec<String>,
+    /// Where the executor keeps its database and logs (absolute in memory; see
+    /// [`Plan::to_json`] for the file form).
     pub state_dir: PathBuf,
     /// Steps in boot order: the executor starts ready steps in this order.
     pub steps: Vec<Step>,
@@ -56,27 +59,44 @@ pub struct Plan {
 }
 
 /// One component in the plan, with everything the executor needs to run it.
+///
+/// In the plan file, fields that are empty or false are left out; reading fills them in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub name: String,
     pub kind: Kind,
     /// `None`: a milestone with no process (completes as soon as its dependencies do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Command>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Dependency>,
     pub priority: i64,
     /// Depth in the DAG: 0 for components without dependencies.
     pub wave: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<Probe>,
     pub restart: Restart,
     pub stop: Stop,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Working directory (absolute in memory; see [`Plan::to_json`] for the file form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<PathBuf>,
+    /// Directories to put in front of `PATH` for the command, first first (a layer's
+    /// virtual environment); absolute in memory, like `cwd`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub daemonizes: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub optional: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<Command>,
     pub origin: Origin,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     /// Predicted duration from spawn to ready (or completed), and where it came from.
     pub weight_ms: u64,
@@ -86,7 +106,12 @@ pub struct Step {
     /// Why the step sits where it does, most important first.
     pub reasons: Vec<Reason>,
     /// Set when the step cannot run because something it needs was excluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 impl Step {
@@ -176,115 +201,107 @@ pub struct Options {
 }
 
 /// Builds the plan for the selected part of `graph`.
+///
+/// `selected` must be closed under dependencies (as [`Graph::select`] returns it).
 pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Plan {
     if !options.suggestions.is_empty() {
         return suggest::build(graph, selected, options);
     }
     let config = graph.config();
+    let components = graph.components();
+    let n = components.len();
     let parallelism = options.parallelism.unwrap_or(config.parallelism).max(1);
-    let weights: Vec<(u64, WeightSource)> = graph
-        .components()
-        .iter()
-        .map(|c| weight(c, options))
-        .collect();
+    let weights: Vec<(u64, WeightSource)> = components.iter().map(|c| weight(c, options)).collect();
+    let mut in_plan = vec![false; n];
+    for &i in selected {
+        in_plan[i] = true;
+    }
 
     // Excluded components leave the plan; whatever depends on them, transitively, is blocked.
     let mut excluded = Vec::new();
-    let mut blocked: BTreeMap<usize, String> = BTreeMap::new();
-    for &i in selected {
-        let component = &graph.components()[i];
-        if let Some(reason) = options.exclude.get(&component.name) {
-            excluded.push(Excluded {
-                name: component.name.clone(),
-                reason: reason.clone(),
-            });
+    let mut is_excluded = vec![false; n];
+    if !options.exclude.is_empty() {
+        for &i in selected {
+            if let Some(reason) = options.exclude.get(&components[i].name) {
+                is_excluded[i] = true;
+                excluded.push(Excluded {
+                    name: components[i].name.clone(),
+                    reason: reason.clone(),
+                });
+            }
         }
     }
-    let excluded_set: BTreeSet<usize> = selected
-        .iter()
-        .copied()
-        .filter(|&i| options.exclude.contains_key(&graph.components()[i].name))
-        .collect();
-    for &i in selected {
-        if excluded_set.contains(&i) {
-            continue;
-        }
-        if let Some((d, _)) = graph
-            .sorted_dependencies(i)
-            .into_iter()
-            .find(|(d, _)| excluded_set.contains(d))
-        {
-            let name = &graph.components()[d].name;
-            blocked.insert(
-                i,
-                format!(
+    let mut blocked: Vec<Option<String>> = vec![None; n];
+    if !excluded.is_empty() {
+        for &i in graph.topological() {
+            if !in_plan[i] || is_excluded[i] {
+                continue;
+            }
+            let deps = graph.sorted_dependencies(i);
+            let why = if let Some(&(d, _)) = deps.iter().find(|(d, _)| is_excluded[*d]) {
+                let name = &components[d].name;
+                Some(format!(
                     "blocked: depends on `{name}`, which is excluded ({})",
                     options.exclude[name]
-                ),
-            );
-        }
-    }
-    // Blocking propagates: walk in topological order (wave order suffices).
-    let mut by_wave: Vec<usize> = selected
-        .iter()
-        .copied()
-        .filter(|i| !excluded_set.contains(i))
-        .collect();
-    by_wave.sort_by_key(|&i| (graph.wave(i), i));
-    for &i in &by_wave {
-        if blocked.contains_key(&i) {
-            continue;
-        }
-        if let Some((d, _)) = graph
-            .sorted_dependencies(i)
-            .into_iter()
-            .find(|(d, _)| blocked.contains_key(d))
-        {
-            let name = &graph.components()[d].name;
-            blocked.insert(i, format!("blocked: depends on `{name}`, which is blocked"));
+                ))
+            } else {
+                deps.iter()
+                    .find(|(d, _)| blocked[*d].is_some())
+                    .map(|&(d, _)| {
+                        format!(
+                            "blocked: depends on `{}`, which is blocked",
+                            components[d].name
+                        )
+                    })
+            };
+            blocked[i] = why;
         }
     }
 
-    let included: Vec<usize> = by_wave;
-    let ordered = order::order(graph, &included, &weights, parallelism, options.strategy);
-    let position: BTreeMap<usize, usize> = ordered
-        .order
+    let included: Vec<usize> = graph
+        .topological()
         .iter()
-        .enumerate()
-        .map(|(p, &i)| (i, p))
+        .copied()
+        .filter(|&i| in_plan[i] && !is_excluded[i])
         .collect();
+    let ordered = order::order(graph, &included, &weights, parallelism, options.strategy);
+    let mut position = vec![usize::MAX; n];
+    for (p, &i) in ordered.order.iter().enumerate() {
+        position[i] = p;
+    }
 
     // Simulate the schedule the executor will follow: ready steps start in plan order.
     let nodes: Vec<SimNode> = ordered
         .order
         .iter()
         .map(|&i| {
-            let component = &graph.components()[i];
+            let runs = blocked[i].is_none();
+            // Excluded dependencies are not in the plan (their dependents are blocked).
+            let mut deps: Vec<(usize, Condition)> = graph
+                .dependencies(i)
+                .filter(|(d, _)| position[*d] != usize::MAX)
+                .map(|(d, condition)| (position[d], condition))
+                .collect();
+            // Ties on the critical path go to the dependency earliest in the plan.
+            deps.sort_unstable();
             SimNode {
-                deps: graph
-                    .sorted_dependencies(i)
-                    .into_iter()
-                    .filter_map(|(d, condition)| position.get(&d).map(|&p| (p, condition)))
-                    .collect(),
-                weight_ms: if blocked.contains_key(&i) {
-                    0
-                } else {
-                    weights[i].0
-                },
-                holds_slot: component.command.is_some() && !blocked.contains_key(&i),
+                deps,
+                weight_ms: if runs { weights[i].0 } else { 0 },
+                holds_slot: runs && components[i].command.is_some(),
             }
         })
         .collect();
     let sim = simulate(&nodes, parallelism);
 
+    // Steps copy what the executor needs from each component; independent, so in parallel.
     let steps: Vec<Step> = ordered
         .order
-        .iter()
+        .par_iter()
+        .zip(ordered.reasons.into_par_iter())
         .enumerate()
-        .map(|(p, &i)| {
-            let c = &graph.components()[i];
-            let mut reasons = ordered.reasons[p].clone();
-            if let Some(why) = blocked.get(&i) {
+        .map(|(p, (&i, mut reasons))| {
+            let c = &components[i];
+            if let Some(why) = &blocked[i] {
                 reasons.insert(
                     0,
                     Reason {
@@ -305,6 +322,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
                 stop: c.stop.clone(),
                 env: c.env.clone(),
                 cwd: c.cwd.clone(),
+                path: c.path.clone(),
                 layer: c.layer.clone(),
                 daemonizes: c.daemonizes,
                 optional: c.optional,
@@ -316,7 +334,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
                 predicted_start_ms: sim.start_ms[p],
                 predicted_ready_ms: sim.ready_ms[p],
                 reasons,
-                blocked: blocked.get(&i).cloned(),
+                blocked: blocked[i].clone(),
             }
         })
         .collect();
@@ -342,7 +360,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
             makespan_ms: sim.makespan_ms,
             critical_path: critical
                 .iter()
-                .map(|&p| graph.components()[ordered.order[p]].name.clone())
+                .map(|&p| components[ordered.order[p]].name.clone())
                 .collect(),
             critical_path_ms,
             total_work_ms,
@@ -368,15 +386,156 @@ fn weight(component: &Component, options: &Options) -> (u64, WeightSource) {
     }
 }
 
+/// Why a plan file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanFileError {
+    #[error("not a razar plan file (schemas/plan.schema.json)")]
+    Syntax(#[source] serde_json::Error),
+    #[error("plan file format {found} is not supported; this razar reads format {PLAN_FORMAT}")]
+    Version { found: u32 },
+}
+
 impl Plan {
-    /// The plan file form: pretty JSON with a trailing newline.
-    pub fn to_json(&self) -> String {
-        let mut text =
-            serde_json::to_string_pretty(self).expect("plans serialise: plain data, string keys");
-        text.push('\n');
-        text
+    /// The plan file form (`schemas/plan.schema.json`): JSON with one top-level field per
+    /// line and one step per line, so a diff of two plans shows the steps that changed.
+    ///
+    /// Paths inside `base` (the directory the plan is made in: `state_dir`, each step's
+    /// `cwd` and `path`) are written relative to it, so a plan checked into a repository stays valid in
+    /// every clone; [`Plan::from_json`] resolves them against the directory it is run from.
+    /// Paths elsewhere stay absolute.
+    pub fn to_json(&self, base: &Path) -> String {
+        let mut out = Vec::with_capacity(self.steps.len() * 700 + 1024);
+        self.write_json(base, &mut out)
+            .expect("writing into a Vec cannot fail");
+        String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 
+    /// Like [`Plan::to_json`], streamed to `out`: a 100k-step plan is ~70 MB, and is never
+    /// held in memory whole.
+    pub fn write_json(&self, base: &Path, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        // Every field, named: a field added to `Plan` does not compile until it is written.
+        let Plan {
+            format,
+            config_hash,
+            sources,
+            strategy,
+            parallelism,
+            targets,
+            state_dir,
+            steps,
+            excluded,
+            timeline,
+            suggestions,
+        } = self;
+        let relative = |path: &Path| -> PathBuf {
+            match path.strip_prefix(base) {
+                Ok(rest) if rest.as_os_str().is_empty() => PathBuf::from("."),
+                Ok(rest) => rest.to_path_buf(),
+                Err(_) => path.to_path_buf(),
+            }
+        };
+        fn field(
+            out: &mut impl std::io::Write,
+            name: &str,
+            value: &impl Serialize,
+        ) -> std::io::Result<()> {
+            write!(out, "  \"{name}\": ")?;
+            serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?;
+            out.write_all(b",\n")
+        }
+        out.write_all(b"{\n")?;
+        field(out, "format", format)?;
+        field(out, "config_hash", config_hash)?;
+        field(out, "sources", sources)?;
+        field(out, "strategy", strategy)?;
+        field(out, "parallelism", parallelism)?;
+        field(out, "targets", targets)?;
+        field(out, "state_dir", &relative(state_dir))?;
+        out.write_all(b"  \"steps\": [")?;
+        // Steps are independent: render them in parallel, a batch at a time, so memory
+        // stays bounded however long the plan.
+        let mut first = true;
+        for batch in steps.chunks(16 * 1024) {
+            let pieces: Vec<String> = batch
+                .par_chunks(256)
+                .map(|chunk| {
+                    let mut text = String::with_capacity(chunk.len() * 800);
+                    for step in chunk {
+                        text.push_str(",\n    ");
+                        let moves = |p: &PathBuf| relative(p) != *p;
+                        let line = if step.cwd.as_ref().is_some_and(moves)
+                            || step.path.iter().any(moves)
+                        {
+                            let mut step = step.clone();
+                            step.cwd = step.cwd.as_deref().map(relative);
+                            step.path = step.path.iter().map(|p| relative(p)).collect();
+                            serde_json::to_string(&step)
+                        } else {
+                            serde_json::to_string(step)
+                        };
+                        text.push_str(&line.expect("steps serialise: plain data, string keys"));
+                    }
+                    text
+                })
+                .collect();
+            for piece in &pieces {
+                // Each piece starts with a separator; the first of all has none.
+                let skip = if first { 1 } else { 0 };
+                first = false;
+                out.write_all(&piece.as_bytes()[skip..])?;
+            }
+        }
+        out.write_all(if steps.is_empty() {
+            b"],\n"
+        } else {
+            b"\n  ],\n"
+        })?;
+        field(out, "excluded", excluded)?;
+        // Only plans Crown shaped carry the field: other plans stay byte-identical.
+        if !suggestions.is_empty() {
+            field(out, "suggestions", suggestions)?;
+        }
+        write!(out, "  \"timeline\": ")?;
+        serde_json::to_writer(&mut *out, timeline).map_err(std::io::Error::other)?;
+        out.write_all(b"\n}\n")
+    }
+
+    /// Reads a plan file written by [`Plan::to_json`], resolving relative paths against
+    /// `base` (normally the current directory).
+    pub fn from_json(text: &str, base: &Path) -> Result<Plan, PlanFileError> {
+        #[derive(Deserialize)]
+        struct Version {
+            format: u32,
+        }
+        let version: Version = serde_json::from_str(text).map_err(PlanFileError::Syntax)?;
+        if version.format != PLAN_FORMAT {
+            return Err(PlanFileError::Version {
+                found: version.format,
+            });
+        }
+        let mut plan: Plan = serde_json::from_str(text).map_err(PlanFileError::Syntax)?;
+        plan.state_dir = base.join(&plan.state_dir);
+        for step in &mut plan.steps {
+            if let Some(cwd) = &mut step.cwd {
+                *cwd = base.join(&*cwd);
+            }
+            for dir in &mut step.path {
+                *dir = base.join(&*dir);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Step positions by name, for callers that look steps up repeatedly.
+    pub fn index(&self) -> HashMap<&str, usize> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(p, s)| (s.name.as_str(), p))
+            .collect()
+    }
+
+    /// The step called `name` (a linear scan: use [`Plan::index`] for many lookups).
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.name == name)
     }

@@ -7,7 +7,9 @@
 //!   first (ties by priority, then name). The plan order is the simulated start order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
+
+use rayon::prelude::*;
 
 use serde::{Deserialize, Serialize};
 
@@ -55,25 +57,27 @@ pub(crate) fn order(
     }
 }
 
-fn dependency_reason(graph: &Graph, i: usize, included: &BTreeMap<usize, ()>) -> Reason {
-    let deps: Vec<String> = graph
-        .sorted_dependencies(i)
-        .into_iter()
-        .filter(|(d, _)| included.contains_key(d))
-        .map(|(d, condition)| {
-            let dep = &graph.components()[d];
-            let effective = match (dep.kind, condition) {
-                (crate::config::Kind::Task, Condition::Ready) => Condition::Completed,
-                (_, c) => c,
-            };
-            format!("{} ({})", dep.name, effective.as_str())
-        })
-        .collect();
-    let text = if deps.is_empty() {
-        "no dependencies".to_owned()
-    } else {
-        format!("after {}", deps.join(", "))
-    };
+/// "after a (ready), b (completed)": the dependencies in the plan and what each must reach.
+fn dependency_reason(graph: &Graph, i: usize, members: &[bool]) -> Reason {
+    let mut text = String::new();
+    for (d, condition) in graph.sorted_dependencies(i) {
+        if !members[d] {
+            continue;
+        }
+        let dep = &graph.components()[d];
+        let effective = match (dep.kind, condition) {
+            (crate::config::Kind::Task, Condition::Ready) => Condition::Completed,
+            (_, c) => c,
+        };
+        text.push_str(if text.is_empty() { "after " } else { ", " });
+        text.push_str(&dep.name);
+        text.push_str(" (");
+        text.push_str(effective.as_str());
+        text.push(')');
+    }
+    if text.is_empty() {
+        text.push_str("no dependencies");
+    }
     Reason {
         kind: ReasonKind::Dependency,
         text,
@@ -82,62 +86,71 @@ fn dependency_reason(graph: &Graph, i: usize, included: &BTreeMap<usize, ()>) ->
 
 /// Kahn's algorithm with a ready set ordered by (priority, name).
 fn priority_order(graph: &Graph, included: &[usize]) -> Ordered {
-    let members: BTreeMap<usize, ()> = included.iter().map(|&i| (i, ())).collect();
-    let mut remaining: BTreeMap<usize, usize> = included
-        .iter()
-        .map(|&i| {
-            (
-                i,
-                graph
-                    .dependencies(i)
-                    .filter(|(d, _)| members.contains_key(d))
-                    .count(),
-            )
-        })
-        .collect();
     let components = graph.components();
+    let n = components.len();
+    let mut members = vec![false; n];
+    for &i in included {
+        members[i] = true;
+    }
+    // Dependencies in the plan not yet ordered, by component index.
+    let mut remaining = vec![0usize; n];
+    for &i in included {
+        remaining[i] = graph.dependencies(i).filter(|(d, _)| members[*d]).count();
+    }
     let key = |i: usize| Reverse((components[i].priority, components[i].name.as_str(), i));
     let mut ready: BinaryHeap<Reverse<(i64, &str, usize)>> = BinaryHeap::new();
-    // How many components left the ready set while each one waited in it.
-    let mut waited: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    // For each component that entered the ready set: how many had left it by then, and
+    // how many others were waiting with it.
+    let mut waited = vec![(0usize, 0usize); n];
     let mut pops = 0usize;
-    for (&i, &left) in &remaining {
-        if left == 0 {
+    for &i in included {
+        if remaining[i] == 0 {
             ready.push(key(i));
-            waited.insert(i, (pops, 0));
         }
     }
     let mut order = Vec::with_capacity(included.len());
-    let mut reasons = Vec::with_capacity(included.len());
-    while let Some(Reverse((priority, _, i))) = ready.pop() {
-        let (pushed_at, peers) = waited.get(&i).copied().unwrap_or((pops, 0));
-        let ahead = pops - pushed_at;
-        let others = ready.len() + peers;
+    // Per position: how many ready components were ordered before it while it waited, and
+    // how many waited with it. The reasons are worded afterwards, in parallel.
+    let mut contest = Vec::with_capacity(included.len());
+    while let Some(Reverse((_, _, i))) = ready.pop() {
+        let (pushed_at, peers) = waited[i];
+        contest.push((pops - pushed_at, ready.len() + peers));
         pops += 1;
         order.push(i);
-        let mut why = vec![dependency_reason(graph, i, &members)];
-        let text = if ahead > 0 {
-            format!("priority {priority}: {ahead} ready component(s) ranked before it")
-        } else if others > 0 {
-            format!("priority {priority}: first among the ready components")
-        } else {
-            format!("priority {priority}")
-        };
-        why.push(Reason {
-            kind: ReasonKind::Priority,
-            text,
-        });
-        reasons.push(why);
         for dependent in graph.dependents(i) {
-            if let Some(left) = remaining.get_mut(&dependent) {
-                *left -= 1;
-                if *left == 0 {
-                    ready.push(key(dependent));
-                    waited.insert(dependent, (pops, ready.len() - 1));
-                }
+            if !members[dependent] {
+                continue;
+            }
+            remaining[dependent] -= 1;
+            if remaining[dependent] == 0 {
+                ready.push(key(dependent));
+                waited[dependent] = (pops, ready.len() - 1);
             }
         }
     }
+    let reasons = order
+        .par_iter()
+        .zip(contest.par_iter())
+        .map(|(&i, &(ahead, others))| {
+            let priority = components[i].priority;
+            let text = if ahead == 1 {
+                format!("priority {priority}: 1 ready component ranked before it")
+            } else if ahead > 1 {
+                format!("priority {priority}: {ahead} ready components ranked before it")
+            } else if others > 0 {
+                format!("priority {priority}: first among the ready components")
+            } else {
+                format!("priority {priority}")
+            };
+            vec![
+                dependency_reason(graph, i, &members),
+                Reason {
+                    kind: ReasonKind::Priority,
+                    text,
+                },
+            ]
+        })
+        .collect();
     debug_assert_eq!(order.len(), included.len(), "graph is acyclic");
     Ordered { order, reasons }
 }
@@ -149,21 +162,23 @@ fn critical_path_order(
     weights: &[(u64, WeightSource)],
     parallelism: usize,
 ) -> Ordered {
-    let position: BTreeMap<usize, usize> = topo
-        .order
-        .iter()
-        .enumerate()
-        .map(|(p, &i)| (i, p))
-        .collect();
+    let mut position = vec![usize::MAX; graph.len()];
+    for (p, &i) in topo.order.iter().enumerate() {
+        position[i] = p;
+    }
     let nodes: Vec<SimNode> = topo
         .order
         .iter()
         .map(|&i| SimNode {
-            deps: graph
-                .sorted_dependencies(i)
-                .into_iter()
-                .filter_map(|(d, condition)| position.get(&d).map(|&p| (p, condition)))
-                .collect(),
+            deps: {
+                let mut deps: Vec<(usize, Condition)> = graph
+                    .dependencies(i)
+                    .filter(|(d, _)| position[*d] != usize::MAX)
+                    .map(|(d, condition)| (position[d], condition))
+                    .collect();
+                deps.sort_unstable();
+                deps
+            },
             weight_ms: weights[i].0,
             holds_slot: graph.components()[i].command.is_some(),
         })

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{Plan, WeightSource};
+use super::{Plan, ReasonKind, WeightSource};
 use crate::duration::display;
 
 fn ms(value: u64) -> String {
@@ -24,14 +24,14 @@ pub fn render_text(plan: &Plan, gantt: bool) -> String {
         .max(4);
     let _ = writeln!(
         out,
-        "{:>3}  {:<name_w$}  {:>4}  {:>4}  {:<7}  {:>15}  reason",
+        "{:>3}  {:<name_w$}  {:>4}  {:>4}  {:<9}  {:>15}  reason",
         "#", "step", "wave", "prio", "kind", "start → ready"
     );
     let width = 30u64;
     let scale = plan.timeline.makespan_ms.max(1);
     for (n, step) in plan.steps.iter().enumerate() {
         let kind = match (&step.command, step.kind) {
-            (None, _) => "mile",
+            (None, _) => "milestone",
             (Some(_), crate::config::Kind::Service) => "service",
             (Some(_), crate::config::Kind::Task) => "task",
         };
@@ -40,10 +40,19 @@ pub fn render_text(plan: &Plan, gantt: bool) -> String {
             ms(step.predicted_start_ms),
             ms(step.predicted_ready_ms)
         );
-        let reasons: Vec<&str> = step.reasons.iter().map(|r| r.text.as_str()).collect();
+        let reasons: Vec<String> = step
+            .reasons
+            .iter()
+            .map(|r| match r.kind {
+                ReasonKind::Dependency if step.depends_on.len() > MAX_LISTED => {
+                    abbreviated_dependencies(step)
+                }
+                _ => r.text.clone(),
+            })
+            .collect();
         let _ = write!(
             out,
-            "{:>3}  {:<name_w$}  {:>4}  {:>4}  {:<7}  {:>15}  {}",
+            "{:>3}  {:<name_w$}  {:>4}  {:>4}  {:<9}  {:>15}  {}",
             n + 1,
             step.name,
             step.wave,
@@ -103,11 +112,36 @@ pub fn render_text(plan: &Plan, gantt: bool) -> String {
     if guessed > 0 {
         let _ = writeln!(
             out,
-            "note: {guessed} step(s) have no history or `estimate:`; their predicted times assume {}",
-            ms(crate::duration::millis(super::DEFAULT_ESTIMATE))
+            "note: {guessed} {} no history or `estimate:`; predicted times assume {} for {}",
+            if guessed == 1 {
+                "step has"
+            } else {
+                "steps have"
+            },
+            ms(crate::duration::millis(super::DEFAULT_ESTIMATE)),
+            if guessed == 1 { "it" } else { "each" },
         );
     }
     out
+}
+
+/// Dependencies named in full in a table row; longer lists are shortened (the plan file
+/// keeps them whole).
+const MAX_LISTED: usize = 4;
+
+/// "after 10 components: a, b, c, …" for a step with many dependencies.
+fn abbreviated_dependencies(step: &super::Step) -> String {
+    let names: Vec<&str> = step
+        .depends_on
+        .iter()
+        .take(MAX_LISTED - 1)
+        .map(|d| d.name.as_str())
+        .collect();
+    format!(
+        "after {} components: {}, …",
+        step.depends_on.len(),
+        names.join(", ")
+    )
 }
 
 /// A mermaid `gantt` chart of the predicted timeline.

@@ -1154,7 +1154,21 @@ components:
     fn a_plan_without_suggestions_serialises_without_the_field() {
         let g = graph(STACK);
         let plan = plan_with(&g, &[], Options::default());
-        assert!(!plan.to_json().contains("\"suggestions\""));
+        assert!(!plan.to_json(Path::new("/")).contains("\"suggestions\""));
+    }
+
+    #[test]
+    fn a_plan_with_suggestions_round_trips_through_its_file() {
+        let g = graph(STACK);
+        let plan = plan_with(
+            &g,
+            &[serde_json::json!({"action": "skip", "component": "web", "reason": "r"})],
+            Options::default(),
+        );
+        let text = plan.to_json(Path::new("/"));
+        assert!(text.contains("\"suggestions\""));
+        let back = Plan::from_json(&text, Path::new("/")).expect("reads back");
+        assert_eq!(back.suggestions, plan.suggestions);
     }
 
     #[test]

@@ -13,7 +13,7 @@ Exit codes:
   2    bad input or usage: every problem is printed, nothing is started or written
   3    Crown is required (`crown.required: true`) but unreachable, or refused the handshake:
        nothing was started
-  130  interrupted";
+  130  interrupted (a signal or `razar down` before the boot finished)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,7 +22,8 @@ Exit codes:
     about = "Declarative boot planner and executor for local services",
     long_about = "razar reads the components of a service stack (services and tasks, their \
 dependencies, readiness probes and restart policies), compiles them into a dependency DAG, \
-shows the boot order it will use (`razar plan`) and validates configurations (`razar validate`).",
+shows the boot order it will use (`razar plan`), validates configurations (`razar validate`), \
+boots the stack and supervises it (`razar apply`) and stops it (`razar down`).",
     after_help = EXIT_CODES
 )]
 pub struct Cli {
@@ -65,9 +66,8 @@ pub enum Command {
         /// Components in their start-up phase at once (default: the config's, else CPU count).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         parallelism: Option<u32>,
-        /// Ordering strategy.
-        #[arg(long, value_enum, default_value_t = Strategy::Priority)]
-        strategy: Strategy,
+        #[command(flatten)]
+        planning: PlanningArgs,
         /// Merge the Crown suggestions in this file (`{"type": "suggestions", "items": […]}`),
         /// after any Crown sends: works offline.
         #[arg(long, value_name = "FILE")]
@@ -84,6 +84,95 @@ pub enum Command {
     Crown {
         #[command(subcommand)]
         command: CrownCommand,
+    },
+    /// Boot the stack in dependency order, then supervise it until Ctrl-C or `razar down`.
+    ///
+    /// Components start as soon as their dependencies reach their condition and a start-up
+    /// slot is free; services are restarted per their policy and quarantined when their
+    /// attempts run out. The first SIGINT/SIGTERM/SIGHUP stops the stack in reverse dependency
+    /// order, a second one kills it at once.
+    #[command(after_help = EXIT_CODES)]
+    Apply {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Components to boot with everything they depend on (default: all), or a plan file
+        /// saved by `razar plan -o` (refused if its configuration changed since).
+        #[arg(value_name = "TARGET|PLAN.json")]
+        targets: Vec<String>,
+        /// Re-adopt the components an interrupted run left running (same pid and start time,
+        /// probe passing), skip the tasks it completed, start the rest.
+        #[arg(long)]
+        resume: bool,
+        /// Return once every selected component is up (then stop the stack, unless
+        /// --keep-running).
+        #[arg(long)]
+        until_ready: bool,
+        /// With --until-ready: leave the services running (for `razar down` or --resume).
+        #[arg(long, requires = "until_ready")]
+        keep_running: bool,
+        /// One JSON event per line on stdout (schemas/events.schema.json).
+        #[arg(long)]
+        json: bool,
+        /// Show the components' output live, prefixed with their name.
+        #[arg(long)]
+        follow: bool,
+        /// Components in their start-up phase at once (default: the config's, else CPU count).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        parallelism: Option<u32>,
+        #[command(flatten)]
+        planning: PlanningArgs,
+    },
+    /// Compare ordering strategies: boot the stack to ready N times per strategy (or simulate
+    /// it), and print time to ready per strategy against the lower bound.
+    ///
+    /// Real runs are recorded in history like any apply (the stack is shut down cleanly after
+    /// each). `explore` stores the best order it finds for this configuration; later plans
+    /// use it.
+    #[command(after_help = EXIT_CODES)]
+    Bench {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Boots per strategy.
+        #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        runs: u32,
+        /// Strategies to compare, comma-separated.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "priority,critical-path,explore"
+        )]
+        strategies: Vec<Strategy>,
+        /// Simulate the boots on predicted durations instead of starting processes: each run
+        /// samples every component's duration from its history range (else its estimate
+        /// ±jitter), the same samples for every strategy.
+        #[arg(long)]
+        simulate: bool,
+        /// Seed of the simulated samples (same seed, same figures).
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "simulate")]
+        seed: u64,
+        /// Relative jitter of simulated durations without history (0.1 = ±10%).
+        #[arg(long, value_name = "F", default_value_t = 0.1, requires = "simulate")]
+        jitter: f64,
+        /// Components in their start-up phase at once (default: the config's, else CPU count).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        parallelism: Option<u32>,
+        /// Weigh components by their history p90 instead of p50.
+        #[arg(long)]
+        pessimistic: bool,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a stack: signal the running `razar apply`, or stop what an earlier
+    /// `apply --until-ready --keep-running` (or a killed apply) left running.
+    #[command(after_help = EXIT_CODES)]
+    Down {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// One JSON event per line on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Show each component's state, pid, uptime, restarts, last probe and quarantine, whether
     /// or not an apply is running.
@@ -134,28 +223,36 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum CrownCommand {
-    /// Exchange a mission brief with Crown, print its reply and archive both in
-    /// `<state_dir>/mission_briefs/`.
-    #[command(after_help = EXIT_CODES)]
-    Handshake {
-        /// The brief to send (ABZU's mission brief: priority_map, current_status,
-        /// open_issues). Default: built from the config.
-        #[arg(value_name = "BRIEF.json")]
-        brief: Option<PathBuf>,
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// Crown's WebSocket URL (default: `crown.url`, else CROWN_WS_URL).
-        #[arg(long, value_name = "URL")]
-        url: Option<String>,
-        /// Where to archive the exchange (default: the config's state_dir, else ./.razar).
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        /// Print the handshake record as JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+/// How to order the boot.
+#[derive(Debug, clap::Args)]
+pub struct PlanningArgs {
+    /// Ordering strategy. Default: `explore` when a search stored an order for this
+    /// configuration, `critical-path` once history exists, else `priority`.
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
+    /// Weigh components by their history p90 instead of p50.
+    #[arg(long)]
+    pub pessimistic: bool,
+    /// Failure rate (0 to 1) from which a component is flagged flaky in the plan.
+    #[arg(long, value_name = "RATE", default_value_t = razar::plan::DEFAULT_FLAKY_THRESHOLD, value_parser = rate)]
+    pub flaky_threshold: f64,
+}
+
+impl PlanningArgs {
+    pub fn learning(&self) -> razar::learned::Learning {
+        razar::learned::Learning {
+            strategy: self.strategy,
+            pessimistic: self.pessimistic,
+            flaky_threshold: self.flaky_threshold,
+        }
+    }
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{text}` is not a rate between 0 and 1 (e.g. 0.2)")),
+    }
 }
 
 /// Where the state directory is: the config's `state_dir`, or `--state-dir`.
@@ -195,6 +292,30 @@ pub enum QuarantineAction {
         /// What was fixed, recorded in quarantine_log.md.
         #[arg(long, value_name = "TEXT")]
         note: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CrownCommand {
+    /// Exchange a mission brief with Crown, print its reply and archive both in
+    /// `<state_dir>/mission_briefs/`.
+    #[command(after_help = EXIT_CODES)]
+    Handshake {
+        /// The brief to send (ABZU's mission brief: priority_map, current_status,
+        /// open_issues). Default: built from the config.
+        #[arg(value_name = "BRIEF.json")]
+        brief: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Crown's WebSocket URL (default: `crown.url`, else CROWN_WS_URL).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Where to archive the exchange (default: the config's state_dir, else ./.razar).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Print the handshake record as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

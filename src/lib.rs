@@ -5,6 +5,8 @@
 //! orders that DAG into a [`plan::Plan`]; `exec` runs a plan and emits events that `state`
 //! persists and `report` shows. See `docs/architecture.md`.
 
+pub mod apply;
+pub mod bench;
 pub mod classify;
 pub mod config;
 pub mod crown;
@@ -13,7 +15,9 @@ pub mod duration;
 pub mod error;
 pub mod exec;
 pub mod graph;
+pub mod learned;
 pub mod plan;
+pub mod report;
 pub mod state;
 
 pub use error::Error;

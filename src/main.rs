@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use razar::Error;
+use razar::exec::Outcome;
 use razar::plan;
 
 mod cli;
@@ -39,10 +40,7 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     init_tracing();
-    match run(cli) {
-        Ok(code) => code,
-        Err(err) => exit_for(err),
-    }
+    exit_for(run(cli))
 }
 
 fn init_tracing() {
@@ -61,26 +59,29 @@ fn init_tracing() {
         .try_init();
 }
 
-/// The one place errors become exit codes (see `razar --help`).
-fn exit_for(err: Error) -> ExitCode {
-    match err {
-        Error::Invalid(diags) => {
+/// The one place outcomes and errors become exit codes (see `razar --help`).
+fn exit_for(result: Result<Outcome, Error>) -> ExitCode {
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
+        Err(Error::Invalid(diags)) => {
             eprint!("{}", diags.render(std::io::stderr().is_terminal()));
             ExitCode::from(2)
         }
-        Error::Usage(message) => {
+        Err(Error::Usage(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
         }
-        Error::CrownUnavailable(message) => {
+        Err(Error::CrownUnavailable(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(3)
         }
-        Error::State(err) if err.is_usage() => {
+        Err(Error::State(err)) if err.is_usage() => {
             eprintln!("error: {err}");
             ExitCode::from(2)
         }
-        other => {
+        Err(other) => {
             let mut message = format!("error: {other}");
             let mut source = std::error::Error::source(&other);
             while let Some(cause) = source {
@@ -125,7 +126,7 @@ fn finish_stdout(result: std::io::Result<()>) -> Result<(), Error> {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, Error> {
+fn run(cli: Cli) -> Result<Outcome, Error> {
     // Block-buffered: a plan can be tens of megabytes, and stdout is line-buffered.
     let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     match cli.command {
@@ -147,7 +148,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             format,
             out,
             parallelism,
-            strategy,
+            planning,
             suggestions,
             crown,
             offline,
@@ -157,14 +158,15 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             // Quarantined components stay out and history weighs the rest; reading state
             // never creates it and works while an apply holds the database.
             let known = razar::state::read(&graph.config().state_dir)?;
-            let mut options = plan::Options {
+            let options = razar::learned::options(
+                &graph,
                 targets,
-                parallelism: parallelism.map(|p| p as usize),
-                strategy,
-                ..plan::Options::default()
-            };
-            options.exclude = known.exclusions();
-            options.history = razar::state::weights(&known.history, graph.components(), false);
+                parallelism.map(|p| p as usize),
+                &planning.learning(),
+                &known.history,
+                &known.explored,
+                known.exclusions(),
+            );
             let crown = crown_cli::PlanCrown {
                 suggestions,
                 url: crown,
@@ -216,6 +218,75 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             crown_cli::handshake(brief, graph, url, state_dir, json)?;
         }
+        Command::Apply {
+            config,
+            targets,
+            resume,
+            until_ready,
+            keep_running,
+            json,
+            follow,
+            parallelism,
+            planning,
+        } => {
+            let (plan_file, targets) = razar::apply::split_positionals(&targets)?;
+            let files = match &plan_file {
+                Some(_) if !config.files.is_empty() => {
+                    return Err(Error::Usage(
+                        "a saved plan carries its configuration files: drop -c".to_owned(),
+                    ));
+                }
+                Some(_) => Vec::new(),
+                None => config_paths(&config)?,
+            };
+            drop(stdout);
+            return razar::apply::apply(razar::apply::ApplyRequest {
+                files,
+                targets,
+                plan_file,
+                resume,
+                until_ready,
+                keep_running,
+                json,
+                follow,
+                parallelism: parallelism.map(|p| p as usize),
+                learning: planning.learning(),
+            });
+        }
+        Command::Bench {
+            config,
+            runs,
+            strategies,
+            simulate,
+            seed,
+            jitter,
+            parallelism,
+            pessimistic,
+            json,
+        } => {
+            let request = razar::bench::BenchRequest {
+                files: config_paths(&config)?,
+                runs: runs as usize,
+                strategies,
+                simulate,
+                seed,
+                jitter,
+                parallelism: parallelism.map(|p| p as usize),
+                pessimistic,
+            };
+            let (report, outcome) = razar::bench::bench(&request)?;
+            let text = if json {
+                report.to_json()
+            } else {
+                report.render_text()
+            };
+            let _ = stdout.write_all(text.as_bytes());
+            return Ok(outcome);
+        }
+        Command::Down { config, json } => {
+            drop(stdout);
+            return razar::apply::down(&config_paths(&config)?, json);
+        }
         Command::Status { state, json } => {
             let _ = stdout.write_all(state_cmd::status(&state, json)?.as_bytes());
         }
@@ -237,5 +308,5 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
     }
     finish_stdout(stdout.flush())?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Success)
 }

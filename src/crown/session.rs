@@ -877,7 +877,7 @@ pub async fn saved_plan_crown(
 pub struct Running {
     boot: Boot,
     sinks: Vec<Box<dyn crate::exec::Sink>>,
-    revisions: Option<tokio::sync::mpsc::Receiver<crate::plan::suggest::Revision>>,
+    revisions: Option<tokio::sync::mpsc::Receiver<crate::exec::Revision>>,
     forward: tokio::task::JoinHandle<()>,
 }
 
@@ -923,9 +923,7 @@ impl Running {
     }
 
     /// The revisions for `exec::Options::revisions` (taken once).
-    pub fn revisions(
-        &mut self,
-    ) -> Option<tokio::sync::mpsc::Receiver<crate::plan::suggest::Revision>> {
+    pub fn revisions(&mut self) -> Option<tokio::sync::mpsc::Receiver<crate::exec::Revision>> {
         self.revisions.take()
     }
 
@@ -946,7 +944,7 @@ pub async fn forward_revisions(
     started: Started,
     initial: Vec<Sourced>,
     mut suggestions: tokio::sync::mpsc::Receiver<Vec<Sourced>>,
-    revisions: tokio::sync::mpsc::Sender<crate::plan::suggest::Revision>,
+    revisions: tokio::sync::mpsc::Sender<crate::exec::Revision>,
     archive: Archive,
     fixed_parallelism: Option<usize>,
 ) {
@@ -981,9 +979,19 @@ pub async fn forward_revisions(
         }
         // Later suggestions are judged against the plan as revised so far.
         revision.apply(&mut plan);
-        if !revision.is_empty() && revisions.send(revision).await.is_err() {
+        if !revision.is_empty() && revisions.send(for_executor(revision)).await.is_err() {
             break;
         }
+    }
+}
+
+/// What the executor adopts of a judged revision (priorities are folded into the order).
+fn for_executor(revision: crate::plan::suggest::Revision) -> crate::exec::Revision {
+    crate::exec::Revision {
+        order: revision.order,
+        depends_on: revision.depends_on,
+        skip: revision.skip,
+        parallelism: revision.parallelism,
     }
 }
 

@@ -53,6 +53,10 @@ pub struct Plan {
     /// Components left out of this boot (quarantined, under downtime, skipped), with why.
     pub excluded: Vec<Excluded>,
     pub timeline: Timeline,
+    /// With the `explore` strategy: where the order came from and what it predicts against
+    /// the critical-path schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explored: Option<Explored>,
     /// Crown suggestions considered for this plan, applied or rejected, with provenance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suggestions: Vec<suggest::Outcome>,
@@ -108,6 +112,46 @@ pub struct Step {
     /// Set when the step cannot run because something it needs was excluded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// Failed attempts among the recorded ones (history of the current command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Failures>,
+}
+
+/// How often a component failed, from history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failures {
+    pub failed: usize,
+    pub attempts: usize,
+    /// failed / attempts.
+    pub rate: f64,
+    /// True when `rate` reaches the plan's flaky threshold.
+    pub flaky: bool,
+}
+
+/// What the `explore` strategy achieved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Explored {
+    pub source: ExploreSource,
+    /// Predicted makespan of this order.
+    pub makespan_ms: u64,
+    /// Predicted makespan of the critical-path list schedule under the same weights.
+    pub critical_path_makespan_ms: u64,
+    /// Simulations the search ran (1 for a stored order).
+    pub evaluations: usize,
+    /// Steps that start earlier than in the critical-path order.
+    pub moved: usize,
+}
+
+/// Where an explored order came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExploreSource {
+    /// Found by the search while building this plan.
+    Search,
+    /// The best order an earlier search stored for this configuration (`razar bench`).
+    Stored,
 }
 
 fn is_false(flag: &bool) -> bool {
@@ -186,8 +230,11 @@ pub struct Timeline {
     pub lower_bound_ms: u64,
 }
 
+/// Failure rate from which a component is flagged flaky in the plan (`--flaky-threshold`).
+pub const DEFAULT_FLAKY_THRESHOLD: f64 = 0.2;
+
 /// What the planner is asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub targets: Vec<String>,
     pub parallelism: Option<usize>,
@@ -196,8 +243,41 @@ pub struct Options {
     pub exclude: BTreeMap<String, String>,
     /// Predicted durations known from history, by component name.
     pub history: BTreeMap<String, (Duration, WeightSource)>,
+    /// Failed and total recorded attempts by component name (history of the current command).
+    pub failures: BTreeMap<String, (usize, usize)>,
+    /// Failure rate (0..=1) from which a component is flagged flaky.
+    pub flaky_threshold: f64,
+    /// A start order (component names) an earlier search stored for this configuration;
+    /// the `explore` strategy uses it when it predicts no worse than the critical path.
+    pub explored: Option<Vec<String>>,
     /// Crown suggestions to merge, in the order received (see [`suggest`]).
     pub suggestions: Vec<suggest::Sourced>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            targets: Vec::new(),
+            parallelism: None,
+            strategy: Strategy::default(),
+            exclude: BTreeMap::new(),
+            history: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            flaky_threshold: DEFAULT_FLAKY_THRESHOLD,
+            explored: None,
+            suggestions: Vec::new(),
+        }
+    }
+}
+
+/// The strategy to plan with when none was asked for: what razar learned decides. A stored
+/// explored order wins, then critical path once any component has history, else priority.
+pub fn default_strategy(has_history: bool, has_explored: bool) -> Strategy {
+    match (has_explored, has_history) {
+        (true, _) => Strategy::Explore,
+        (false, true) => Strategy::CriticalPath,
+        (false, false) => Strategy::Priority,
+    }
 }
 
 /// Builds the plan for the selected part of `graph`.
@@ -264,7 +344,14 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
         .copied()
         .filter(|&i| in_plan[i] && !is_excluded[i])
         .collect();
-    let ordered = order::order(graph, &included, &weights, parallelism, options.strategy);
+    let ordered = order::order(
+        graph,
+        &included,
+        &weights,
+        parallelism,
+        options.strategy,
+        options.explored.as_deref(),
+    );
     let mut position = vec![usize::MAX; n];
     for (p, &i) in ordered.order.iter().enumerate() {
         position[i] = p;
@@ -301,6 +388,34 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
         .enumerate()
         .map(|(p, (&i, mut reasons))| {
             let c = &components[i];
+            let failures = options
+                .failures
+                .get(&c.name)
+                .and_then(|&(failed, attempts)| {
+                    (attempts > 0).then(|| {
+                        let rate = failed as f64 / attempts as f64;
+                        Failures {
+                            failed,
+                            attempts,
+                            rate,
+                            flaky: failed > 0 && rate >= options.flaky_threshold,
+                        }
+                    })
+                });
+            if let Some(f) = failures.filter(|f| f.flaky) {
+                reasons.insert(
+                    0,
+                    Reason {
+                        kind: ReasonKind::Flaky,
+                        text: format!(
+                            "flaky: failed {} of last {} attempts ({:.0}%)",
+                            f.failed,
+                            f.attempts,
+                            f.rate * 100.0
+                        ),
+                    },
+                );
+            }
             if let Some(why) = &blocked[i] {
                 reasons.insert(
                     0,
@@ -335,6 +450,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
                 predicted_ready_ms: sim.ready_ms[p],
                 reasons,
                 blocked: blocked[i].clone(),
+                failures,
             }
         })
         .collect();
@@ -366,6 +482,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
             total_work_ms,
             lower_bound_ms,
         },
+        explored: ordered.explored,
         suggestions: Vec::new(),
     }
 }
@@ -425,6 +542,7 @@ impl Plan {
             steps,
             excluded,
             timeline,
+            explored,
             suggestions,
         } = self;
         let relative = |path: &Path| -> PathBuf {
@@ -497,6 +615,10 @@ impl Plan {
         }
         write!(out, "  \"timeline\": ")?;
         serde_json::to_writer(&mut *out, timeline).map_err(std::io::Error::other)?;
+        if let Some(explored) = explored {
+            write!(out, ",\n  \"explored\": ")?;
+            serde_json::to_writer(&mut *out, explored).map_err(std::io::Error::other)?;
+        }
         out.write_all(b"\n}\n")
     }
 
@@ -542,5 +664,218 @@ impl Plan {
 
     pub fn dependency_count(&self) -> usize {
         self.steps.iter().map(|s| s.depends_on.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tasks `name: (estimate ms, dependencies)` at `parallelism`, as a loaded graph.
+    fn graph(parallelism: usize, tasks: &[(&str, u64, &[&str])]) -> (tempfile::TempDir, Graph) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut yaml = format!("version: 1\nparallelism: {parallelism}\ncomponents:\n");
+        for (name, ms, deps) in tasks {
+            yaml.push_str(&format!(
+                "  - name: {name}\n    kind: task\n    command: [\"sleep\", \"{ms}\"]\n    estimate: {ms}ms\n    depends_on: [{}]\n",
+                deps.join(", ")
+            ));
+        }
+        let path = dir.path().join("razar.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let graph = crate::graph::load(&[path]).expect("valid config");
+        (dir, graph)
+    }
+
+    fn plan_with(graph: &Graph, options: &Options) -> Plan {
+        let all = graph.select(&[]).expect("no targets");
+        build(graph, &all, options)
+    }
+
+    fn names(plan: &Plan) -> Vec<&str> {
+        plan.steps.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn critical_path_starts_the_long_chain_first_and_reaches_the_optimum() {
+        // Two slots; a and b (300 ms each) come first by name, but c → d (100 + 500 ms) is
+        // the long chain. Optimum 600 ms: c, a at 0; d at 100; b at 300.
+        let (_dir, g) = graph(
+            2,
+            &[
+                ("a", 300, &[]),
+                ("b", 300, &[]),
+                ("c", 100, &[]),
+                ("d", 500, &["c"]),
+            ],
+        );
+        let by_priority = plan_with(&g, &Options::default());
+        assert_eq!(by_priority.timeline.makespan_ms, 900);
+        let critical = plan_with(
+            &g,
+            &Options {
+                strategy: Strategy::CriticalPath,
+                ..Options::default()
+            },
+        );
+        assert_eq!(names(&critical), ["c", "a", "d", "b"]);
+        assert_eq!(critical.timeline.makespan_ms, 600);
+        assert_eq!(critical.timeline.lower_bound_ms, 600);
+        assert_eq!(critical.timeline.critical_path, ["c", "d"]);
+        let c = critical.step("c").expect("c planned");
+        assert_eq!(c.reasons[0].text, "on critical path, 600ms to go");
+        let d = critical.step("d").expect("d planned");
+        assert_eq!((d.predicted_start_ms, d.predicted_ready_ms), (100, 600));
+        assert_eq!(
+            critical.to_json(Path::new("/")),
+            plan_with(
+                &g,
+                &Options {
+                    strategy: Strategy::CriticalPath,
+                    ..Options::default()
+                }
+            )
+            .to_json(Path::new("/")),
+            "deterministic"
+        );
+    }
+
+    #[test]
+    fn history_weights_override_estimates() {
+        // By estimate, a is the long one; history says b takes far longer.
+        let (_dir, g) = graph(1, &[("a", 500, &[]), ("b", 100, &[]), ("c", 100, &["b"])]);
+        let mut options = Options {
+            strategy: Strategy::CriticalPath,
+            ..Options::default()
+        };
+        options.history.insert(
+            "b".to_owned(),
+            (Duration::from_millis(900), WeightSource::HistoryP50),
+        );
+        let plan = plan_with(&g, &options);
+        assert_eq!(
+            plan.step("b").map(|s| s.weight_source),
+            Some(WeightSource::HistoryP50)
+        );
+        assert_eq!(
+            plan.step("a").map(|s| s.weight_source),
+            Some(WeightSource::Estimate)
+        );
+        assert_eq!(names(&plan)[0], "b");
+        assert_eq!(plan.timeline.makespan_ms, 1500);
+    }
+
+    #[test]
+    fn explore_beats_the_rank_schedule_and_its_stored_order_is_reused() {
+        // Longest-first list scheduling of 5, 4, 3, 3, 3 on two slots takes 10 units; the
+        // optimum is 9 (5 + 4 | 3 + 3 + 3).
+        let (_dir, g) = graph(
+            2,
+            &[
+                ("j5", 500, &[]),
+                ("j4", 400, &[]),
+                ("k1", 300, &[]),
+                ("k2", 300, &[]),
+                ("k3", 300, &[]),
+            ],
+        );
+        let critical = plan_with(
+            &g,
+            &Options {
+                strategy: Strategy::CriticalPath,
+                ..Options::default()
+            },
+        );
+        assert_eq!(critical.timeline.makespan_ms, 1000);
+        let explore = Options {
+            strategy: Strategy::Explore,
+            ..Options::default()
+        };
+        let found = plan_with(&g, &explore);
+        assert_eq!(found.timeline.makespan_ms, 900);
+        let explored = found.explored.clone().expect("explore reports its search");
+        assert_eq!(explored.source, ExploreSource::Search);
+        assert_eq!(
+            (explored.makespan_ms, explored.critical_path_makespan_ms),
+            (900, 1000)
+        );
+        assert!(explored.moved > 0);
+        assert!(
+            found
+                .steps
+                .iter()
+                .any(|s| s.reasons[0].text.starts_with("explored: starts"))
+        );
+
+        let stored = Options {
+            explored: Some(names(&found).iter().map(|n| (*n).to_owned()).collect()),
+            ..explore.clone()
+        };
+        let reused = plan_with(&g, &stored);
+        assert_eq!(
+            reused.explored.as_ref().map(|e| e.source),
+            Some(ExploreSource::Stored)
+        );
+        assert_eq!(names(&reused), names(&found));
+        assert_eq!(reused.timeline.makespan_ms, 900);
+
+        // A stored order that is worse than the critical path under today's weights is
+        // dropped for a fresh search.
+        let worse = Options {
+            explored: Some(["k1", "k2", "k3", "j4", "j5"].map(str::to_owned).to_vec()),
+            ..explore
+        };
+        let searched = plan_with(&g, &worse);
+        assert_eq!(
+            searched.explored.map(|e| e.source),
+            Some(ExploreSource::Search)
+        );
+        assert_eq!(searched.timeline.makespan_ms, 900);
+    }
+
+    #[test]
+    fn failure_rates_are_shown_and_flaky_components_flagged() {
+        let (_dir, g) = graph(
+            2,
+            &[("steady", 100, &[]), ("shaky", 100, &[]), ("new", 100, &[])],
+        );
+        let mut options = Options::default();
+        options.failures.insert("steady".to_owned(), (1, 10));
+        options.failures.insert("shaky".to_owned(), (3, 10));
+        let plan = plan_with(&g, &options);
+        let shaky = plan.step("shaky").expect("planned");
+        assert_eq!(shaky.reasons[0].kind, ReasonKind::Flaky);
+        assert_eq!(
+            shaky.reasons[0].text,
+            "flaky: failed 3 of last 10 attempts (30%)"
+        );
+        let steady = plan.step("steady").expect("planned");
+        assert_eq!(
+            steady.failures.map(|f| (f.failed, f.flaky)),
+            Some((1, false))
+        );
+        assert!(steady.reasons.iter().all(|r| r.kind != ReasonKind::Flaky));
+        assert_eq!(plan.step("new").and_then(|s| s.failures), None);
+        let strict = plan_with(
+            &g,
+            &Options {
+                flaky_threshold: 0.1,
+                ..options
+            },
+        );
+        assert_eq!(
+            strict
+                .step("steady")
+                .and_then(|s| s.failures)
+                .map(|f| f.flaky),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn the_default_strategy_follows_what_is_known() {
+        assert_eq!(default_strategy(false, false), Strategy::Priority);
+        assert_eq!(default_strategy(true, false), Strategy::CriticalPath);
+        assert_eq!(default_strategy(true, true), Strategy::Explore);
     }
 }

@@ -5,20 +5,35 @@
 //! - `critical-path`: each component's rank is the longest weighted path from it to any sink;
 //!   list scheduling under the parallelism limit starts the highest-ranked ready component
 //!   first (ties by priority, then name). The plan order is the simulated start order.
+//! - `explore`: the critical-path schedule improved by a local search in simulation
+//!   ([`super::explore`]), or an order a previous search stored for this configuration when it
+//!   still predicts no worse than the critical-path schedule under the current weights.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use rayon::prelude::*;
 
 use serde::{Deserialize, Serialize};
 
 use super::simulate::{self, SimNode};
-use super::{Reason, ReasonKind, WeightSource};
+use super::{ExploreSource, Explored, Reason, ReasonKind, WeightSource};
 use crate::config::Condition;
 use crate::graph::Graph;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Lower priority first among ready components, then name.
@@ -26,6 +41,8 @@ pub enum Strategy {
     Priority,
     /// Longest remaining weighted path first (uses history or estimates).
     CriticalPath,
+    /// The critical-path order improved by a search in simulation (or the stored best order).
+    Explore,
 }
 
 impl Strategy {
@@ -33,6 +50,7 @@ impl Strategy {
         match self {
             Strategy::Priority => "priority",
             Strategy::CriticalPath => "critical-path",
+            Strategy::Explore => "explore",
         }
     }
 }
@@ -41,6 +59,8 @@ impl Strategy {
 pub(crate) struct Ordered {
     pub order: Vec<usize>,
     pub reasons: Vec<Vec<Reason>>,
+    /// With `explore`: what the search (or the stored order) achieved.
+    pub explored: Option<Explored>,
 }
 
 pub(crate) fn order(
@@ -49,11 +69,121 @@ pub(crate) fn order(
     weights: &[(u64, WeightSource)],
     parallelism: usize,
     strategy: Strategy,
+    stored: Option<&[String]>,
 ) -> Ordered {
     let by_priority = priority_order(graph, included);
     match strategy {
         Strategy::Priority => by_priority,
         Strategy::CriticalPath => critical_path_order(graph, by_priority, weights, parallelism),
+        Strategy::Explore => {
+            let ranked = critical_path_order(graph, by_priority, weights, parallelism);
+            explore_order(graph, ranked, weights, parallelism, stored)
+        }
+    }
+}
+
+/// The simulation's view of components in `order` (positions index `order`).
+fn sim_nodes(graph: &Graph, order: &[usize], weights: &[(u64, WeightSource)]) -> Vec<SimNode> {
+    let mut position = vec![usize::MAX; graph.len()];
+    for (p, &i) in order.iter().enumerate() {
+        position[i] = p;
+    }
+    order
+        .iter()
+        .map(|&i| SimNode {
+            deps: {
+                let mut deps: Vec<(usize, Condition)> = graph
+                    .dependencies(i)
+                    .filter(|(d, _)| position[*d] != usize::MAX)
+                    .map(|(d, condition)| (position[d], condition))
+                    .collect();
+                deps.sort_unstable();
+                deps
+            },
+            weight_ms: weights[i].0,
+            holds_slot: graph.components()[i].command.is_some(),
+        })
+        .collect()
+}
+
+/// Starts from the critical-path order (whose plain simulation is the rank schedule) and
+/// takes the stored order when it still predicts no worse, else searches.
+fn explore_order(
+    graph: &Graph,
+    ranked: Ordered,
+    weights: &[(u64, WeightSource)],
+    parallelism: usize,
+    stored: Option<&[String]>,
+) -> Ordered {
+    let nodes = sim_nodes(graph, &ranked.order, weights);
+    let n = nodes.len();
+    let identity: Vec<usize> = (0..n).collect();
+    let baseline = simulate::simulate_keyed(&nodes, parallelism, &identity);
+    let stored_key = stored.map(|names| {
+        let at: BTreeMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| (name.as_str(), k))
+            .collect();
+        // Steps the stored order does not know keep their rank order, after the known ones.
+        ranked
+            .order
+            .iter()
+            .enumerate()
+            .map(|(p, &i)| {
+                at.get(graph.components()[i].name.as_str())
+                    .copied()
+                    .unwrap_or(names.len() + p)
+            })
+            .collect::<Vec<usize>>()
+    });
+    let reuse = stored_key.and_then(|key| {
+        let sim = simulate::simulate_keyed(&nodes, parallelism, &key);
+        (sim.makespan_ms <= baseline.makespan_ms).then_some((key, sim))
+    });
+    let (key, sim, source, evaluations) = match reuse {
+        Some((key, sim)) => (key, sim, ExploreSource::Stored, 1),
+        None => {
+            let found = super::explore::explore(&nodes, parallelism, &identity);
+            let sim = simulate::simulate_keyed(&nodes, parallelism, &found.key);
+            (found.key, sim, ExploreSource::Search, found.evaluations)
+        }
+    };
+    debug_assert!(key.len() == n);
+    let mut reasons_by_pos: Vec<Option<Vec<Reason>>> =
+        ranked.reasons.into_iter().map(Some).collect();
+    let mut order = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut moved = 0usize;
+    for (new, &p) in sim.sequence.iter().enumerate() {
+        let mut why = reasons_by_pos[p].take().unwrap_or_default();
+        if new < p {
+            moved += 1;
+            why.insert(
+                0,
+                Reason {
+                    kind: ReasonKind::CriticalPath,
+                    text: format!(
+                        "explored: starts {} place(s) earlier than rank order (#{} there)",
+                        p - new,
+                        p + 1
+                    ),
+                },
+            );
+        }
+        order.push(ranked.order[p]);
+        reasons.push(why);
+    }
+    Ordered {
+        order,
+        reasons,
+        explored: Some(Explored {
+            source,
+            makespan_ms: sim.makespan_ms,
+            critical_path_makespan_ms: baseline.makespan_ms,
+            evaluations,
+            moved,
+        }),
     }
 }
 
@@ -152,7 +282,11 @@ fn priority_order(graph: &Graph, included: &[usize]) -> Ordered {
         })
         .collect();
     debug_assert_eq!(order.len(), included.len(), "graph is acyclic");
-    Ordered { order, reasons }
+    Ordered {
+        order,
+        reasons,
+        explored: None,
+    }
 }
 
 /// List scheduling by rank (longest weighted path to a sink), ties by priority order.
@@ -162,27 +296,7 @@ fn critical_path_order(
     weights: &[(u64, WeightSource)],
     parallelism: usize,
 ) -> Ordered {
-    let mut position = vec![usize::MAX; graph.len()];
-    for (p, &i) in topo.order.iter().enumerate() {
-        position[i] = p;
-    }
-    let nodes: Vec<SimNode> = topo
-        .order
-        .iter()
-        .map(|&i| SimNode {
-            deps: {
-                let mut deps: Vec<(usize, Condition)> = graph
-                    .dependencies(i)
-                    .filter(|(d, _)| position[*d] != usize::MAX)
-                    .map(|(d, condition)| (position[d], condition))
-                    .collect();
-                deps.sort_unstable();
-                deps
-            },
-            weight_ms: weights[i].0,
-            holds_slot: graph.components()[i].command.is_some(),
-        })
-        .collect();
+    let nodes = sim_nodes(graph, &topo.order, weights);
     let ranks = simulate::ranks(&nodes);
     let (_, critical) = simulate::critical_path(&nodes);
     let on_path: std::collections::BTreeSet<usize> = critical.into_iter().collect();
@@ -222,5 +336,9 @@ fn critical_path_order(
         order.push(i);
         reasons.push(why);
     }
-    Ordered { order, reasons }
+    Ordered {
+        order,
+        reasons,
+        explored: None,
+    }
 }

@@ -64,6 +64,9 @@ pub fn render_text(plan: &Plan, gantt: bool) -> String {
         if step.optional {
             out.push_str(" (optional)");
         }
+        if let Some(f) = step.failures.filter(|f| f.failed > 0 && !f.flaky) {
+            let _ = write!(out, "; failed {} of last {} attempts", f.failed, f.attempts);
+        }
         if gantt {
             let from = step.predicted_start_ms * width / scale;
             let to = (step.predicted_ready_ms * width)
@@ -104,6 +107,49 @@ pub fn render_text(plan: &Plan, gantt: bool) -> String {
             t.critical_path.join(" → ")
         },
     );
+    if let Some(explored) = &plan.explored {
+        let from = match explored.source {
+            super::ExploreSource::Search => {
+                format!("found by search ({} simulations)", explored.evaluations)
+            }
+            super::ExploreSource::Stored => {
+                "stored for this configuration by an earlier search".to_owned()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "explored order: {from}; predicted {} vs {} for the critical-path schedule ({} step(s) moved earlier)",
+            ms(explored.makespan_ms),
+            ms(explored.critical_path_makespan_ms),
+            explored.moved
+        );
+    }
+    let learned = plan
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.weight_source,
+                WeightSource::HistoryP50 | WeightSource::HistoryP90
+            )
+        })
+        .count();
+    if learned > 0 {
+        let _ = writeln!(
+            out,
+            "weights: {learned} of {} step(s) from history ({})",
+            plan.steps.len(),
+            if plan
+                .steps
+                .iter()
+                .any(|s| s.weight_source == WeightSource::HistoryP90)
+            {
+                "p90, --pessimistic"
+            } else {
+                "p50"
+            }
+        );
+    }
     let guessed = plan
         .steps
         .iter()

@@ -559,6 +559,11 @@ pub fn revise(
         })
         .collect();
     let mut priority: Vec<i64> = plan.steps.iter().map(|s| s.priority).collect();
+    // The plan's order (critical path, explore or priority) stays the order of the steps
+    // Crown did not move: a prioritized step goes before them (the latest first), a deferred
+    // one after them.
+    let mut bucket: Vec<i64> = vec![0; plan.steps.len()];
+    let mut moves = 0i64;
     let mut revision = Revision::default();
     let pending = |i: usize| !started.contains(&plan.steps[i].name);
     for Sourced { source, suggestion } in suggestions {
@@ -627,6 +632,12 @@ pub fn revise(
                     .max(RESERVED_PRIORITY + 1);
                     let before = priority[i];
                     priority[i] = target;
+                    moves += 1;
+                    bucket[i] = if action == Action::Prioritize {
+                        -moves
+                    } else {
+                        moves
+                    };
                     revision.priority.insert(plan.steps[i].name.clone(), target);
                     Ok(format!("priority {before} → {target}"))
                 }
@@ -717,7 +728,7 @@ pub fn revise(
             effect,
         });
     }
-    // Started steps keep their place; the rest in dependency order, (priority, position).
+    // Started steps keep their place; the rest in dependency order, (bucket, position).
     let mut order: Vec<usize> = (0..plan.steps.len()).filter(|&i| !pending(i)).collect();
     let waiting: BTreeSet<usize> = (0..plan.steps.len()).filter(|&i| pending(i)).collect();
     let mut left: BTreeMap<usize, usize> = waiting
@@ -727,7 +738,7 @@ pub fn revise(
     let mut ready: BTreeSet<(i64, usize)> = left
         .iter()
         .filter(|&(_, &n)| n == 0)
-        .map(|(&i, _)| (priority[i], i))
+        .map(|(&i, _)| (bucket[i], i))
         .collect();
     while let Some(&(p, i)) = ready.iter().next() {
         ready.remove(&(p, i));
@@ -738,7 +749,7 @@ pub fn revise(
             {
                 *n -= 1;
                 if *n == 0 {
-                    ready.insert((priority[k], k));
+                    ready.insert((bucket[k], k));
                 }
             }
         }

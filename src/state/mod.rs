@@ -32,12 +32,14 @@ pub mod render;
 mod store;
 mod view;
 
-pub use history::{HistoryStats, Outcome as SampleOutcome, Sample, command_hash, weights};
+pub use history::{
+    HistoryStats, Outcome as SampleOutcome, Sample, command_hash, percentile, weights,
+};
 pub use lock::{Holder, holder};
 pub use proc::{process_alive, process_uptime, start_time};
 pub use record::{
-    BootSummary, ComponentRecord, CrownRecord, EventNote, Phase, ProbeResult, QuarantineRecord,
-    RunRecord, Status,
+    BootSummary, ComponentRecord, CrownRecord, EventNote, ExploredOrder, Phase, ProbeResult,
+    QuarantineRecord, RunRecord, Status,
 };
 pub use store::{Recorder, Store};
 pub use view::{Source, View, read};
@@ -48,6 +50,9 @@ pub const STATE_FORMAT: u32 = 1;
 
 /// Samples kept per component (a ring: the oldest is dropped).
 pub const HISTORY_LIMIT: usize = 100;
+
+/// Explored orders kept (the oldest found is dropped beyond this).
+pub const EXPLORED_LIMIT: usize = 32;
 
 /// Log lines kept in a quarantine record.
 pub const LOG_TAIL_LIMIT: usize = 50;

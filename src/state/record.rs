@@ -250,3 +250,27 @@ pub struct EventNote {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+/// The best start order a search found for one configuration (`razar bench --strategies
+/// explore`), so later plans reuse it: keyed by the configuration's content hash, the
+/// parallelism and the targets it was found for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExploredOrder {
+    pub config_hash: String,
+    pub parallelism: usize,
+    pub targets: Vec<String>,
+    /// Component names in start order.
+    pub order: Vec<String>,
+    pub makespan_ms: u64,
+    pub critical_path_makespan_ms: u64,
+    /// When it was stored (RFC 3339).
+    pub found_at: String,
+}
+
+impl ExploredOrder {
+    /// The store key: one order per configuration, parallelism and target selection.
+    pub fn key(config_hash: &str, parallelism: usize, targets: &[String]) -> String {
+        format!("{config_hash}:{parallelism}:{}", targets.join(","))
+    }
+}

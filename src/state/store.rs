@@ -20,9 +20,9 @@ use super::history::{Outcome as SampleOutcome, Ring, Sample};
 use super::lock::ApplyLock;
 use super::view::{self, Loaded};
 use super::{
-    BootSummary, ComponentRecord, CrownRecord, EventNote, HistoryStats, LOG_TAIL_LIMIT, Paths,
-    Phase, ProbeResult, QuarantineRecord, RunRecord, STATE_FORMAT, StateError, Status, View, now,
-    proc,
+    BootSummary, ComponentRecord, CrownRecord, EXPLORED_LIMIT, EventNote, ExploredOrder,
+    HistoryStats, LOG_TAIL_LIMIT, Paths, Phase, ProbeResult, QuarantineRecord, RunRecord,
+    STATE_FORMAT, StateError, Status, View, now, proc,
 };
 use crate::classify;
 use crate::config::Kind;
@@ -453,6 +453,36 @@ impl Store {
         };
         live.loaded.crown = crown;
         push_note(&mut live, "handshake", &at, None, Some(detail));
+        self.bump(live);
+        Ok(())
+    }
+
+    /// Best start orders found by `explore`, by [`ExploredOrder::key`].
+    pub fn explored(&self) -> BTreeMap<String, ExploredOrder> {
+        lock(&self.shared.board.live).loaded.explored.clone()
+    }
+
+    /// Stores the best start order found for a configuration (replacing the one stored under
+    /// the same key), keeping at most [`EXPLORED_LIMIT`] configurations.
+    pub fn record_explored(&self, order: ExploredOrder) -> Result<(), StateError> {
+        let mut live = lock(&self.shared.board.live);
+        let mut all = live.loaded.explored.clone();
+        all.insert(
+            ExploredOrder::key(&order.config_hash, order.parallelism, &order.targets),
+            order,
+        );
+        while all.len() > EXPLORED_LIMIT {
+            let oldest = all
+                .iter()
+                .min_by(|a, b| a.1.found_at.cmp(&b.1.found_at))
+                .map(|(key, _)| key.clone())
+                .expect("more than the limit means not empty");
+            all.remove(&oldest);
+        }
+        let mut batch = Batch::default();
+        batch.put(Tree::Meta, b"explored", &all);
+        self.shared.db.commit(batch)?;
+        live.loaded.explored = all;
         self.bump(live);
         Ok(())
     }

@@ -13,8 +13,8 @@ use super::files::{self, Existing};
 use super::history::Ring;
 use super::lock::{self, Holder};
 use super::{
-    ComponentRecord, CrownRecord, HistoryStats, Paths, QuarantineRecord, RunRecord, STATE_FORMAT,
-    StateError,
+    ComponentRecord, CrownRecord, ExploredOrder, HistoryStats, Paths, QuarantineRecord, RunRecord,
+    STATE_FORMAT, StateError,
 };
 
 /// How long a reader retries a busy database while no apply holds the state directory.
@@ -31,6 +31,9 @@ pub(crate) struct Loaded {
     pub crown: CrownRecord,
     pub launched_models: Vec<String>,
     pub last_component: String,
+    /// Best start orders found by `explore`, by [`ExploredOrder::key`] (database only: the
+    /// snapshot an apply keeps current does not carry them).
+    pub explored: BTreeMap<String, ExploredOrder>,
 }
 
 fn utf8(key: Vec<u8>) -> String {
@@ -67,6 +70,7 @@ pub(crate) fn load(db: &Db) -> Result<Loaded, StateError> {
         crown: db.get(Tree::Meta, b"crown")?.unwrap_or_default(),
         launched_models: db.get(Tree::Meta, b"launched_models")?.unwrap_or_default(),
         last_component: db.get(Tree::Meta, b"last_component")?.unwrap_or_default(),
+        explored: db.get(Tree::Meta, b"explored")?.unwrap_or_default(),
     })
 }
 
@@ -95,6 +99,8 @@ pub struct View {
     pub crown: CrownRecord,
     pub launched_models: Vec<String>,
     pub last_component: String,
+    /// Best start orders found by `explore`, by [`ExploredOrder::key`].
+    pub explored: BTreeMap<String, ExploredOrder>,
 }
 
 impl View {
@@ -115,6 +121,7 @@ impl View {
             crown: loaded.crown,
             launched_models: loaded.launched_models,
             last_component: loaded.last_component,
+            explored: loaded.explored,
         }
     }
 
@@ -233,6 +240,7 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
                 crown: snapshot.handshake,
                 launched_models: snapshot.launched_models,
                 last_component: snapshot.last_component,
+                explored: BTreeMap::new(),
             };
             Ok(View::from_loaded(
                 dir.to_path_buf(),

@@ -897,5 +897,272 @@ fn python_websockets_crown_interoperates() {
     assert_eq!(seen[0]["authorization"], format!("Bearer {TOKEN}"));
     assert_eq!(seen[0]["message"]["type"], "handshake");
     assert_eq!(seen[0]["message"]["brief"]["priority_map"]["db"], 0);
+
+    // A boot streams its status to the Python Crown too.
+    let section = format!("crown:\n  url: {url}\n  token_env: {TOKEN_VAR}\n  timeout: 5s");
+    let config = tasks_config(dir.path(), &section, &[("a", "true"), ("b", "true")]);
+    let ran = run(razar(dir.path())
+        .args(["apply", "--until-ready", "-c"])
+        .arg(&config));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let statuses: Vec<String> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|m| m["message"]["type"] == "status")
+        .map(|m| {
+            format!(
+                "{}:{}",
+                m["message"]["component"].as_str().unwrap(),
+                m["message"]["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        ["a:starting", "a:completed", "b:starting", "b:completed"]
+    );
     drop(peer);
+}
+
+// ---- razar apply with Crown ------------------------------------------------------------
+
+/// A config of tasks (run with `sh -c`), parallelism 1, in the order given.
+fn tasks_config(dir: &Path, crown: &str, tasks: &[(&str, &str)]) -> PathBuf {
+    let mut text = format!("version: 1\nstate_dir: state\nparallelism: 1\n{crown}\ncomponents:\n");
+    for (priority, (name, script)) in tasks.iter().enumerate() {
+        text.push_str(&format!(
+            "  - {{name: {name}, kind: task, priority: {priority}, cwd: ., restart: {{policy: never}}, command: {}}}\n",
+            serde_json::to_string(script).unwrap()
+        ));
+    }
+    let path = dir.join("razar.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The `--json` events of a run.
+fn events(ran: &Ran) -> Vec<Value> {
+    ran.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn spawn_order(ran: &Ran) -> Vec<String> {
+    events(ran)
+        .iter()
+        .filter(|e| e["event"] == "spawned")
+        .map(|e| e["component"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits (in the component's shell) until the interaction log mentions `text`.
+fn wait_for_log(text: &str) -> String {
+    format!("until grep -q '{text}' state/interaction_log.jsonl 2>/dev/null; do sleep 0.02; done")
+}
+
+#[test]
+fn apply_streams_status_and_reorders_steps_not_yet_started() {
+    // Crown answers the first `starting` status with a suggestion to run `b` before `a`.
+    let suggestion = r#"{"type":"suggestions","items":[{"action":"prioritize","component":"b","reason":"b feeds the cache"},{"action":"defer","component":"first"}]}"#;
+    let crown = FakeCrown::start(vec![vec![
+        Act::Send(ack(json!({}))),
+        Act::Send(suggestion.to_owned()),
+    ]]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = tasks_config(
+        dir.path(),
+        &format!(
+            "crown:\n  url: {}\n  token_env: {TOKEN_VAR}\n  timeout: 5s",
+            crown.url()
+        ),
+        &[
+            ("first", &wait_for_log("applied: prioritize b")),
+            ("a", "true"),
+            ("b", "true"),
+        ],
+    );
+    let ran = run(razar(dir.path())
+        .args(["apply", "--until-ready", "--json", "-c"])
+        .arg(&config));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(spawn_order(&ran), ["first", "b", "a"], "{}", ran.stdout);
+    let log = interactions(dir.path());
+    let summaries: Vec<&str> = log
+        .iter()
+        .map(|i| i["response_summary"].as_str().unwrap())
+        .collect();
+    assert!(
+        summaries
+            .iter()
+            .any(|s| s.starts_with("applied: prioritize b")),
+        "{summaries:?}"
+    );
+    assert!(
+        summaries
+            .iter()
+            .any(|s| s.starts_with("rejected: defer first") && s.contains("already started")),
+        "{summaries:?}"
+    );
+    assert!(log.iter().any(|i| i["action"] == "status_stream"));
+    // Crown heard every state change, in order.
+    let states: Vec<String> = crown
+        .messages()
+        .iter()
+        .filter(|m| m["type"] == "status")
+        .map(|m| {
+            format!(
+                "{}:{}",
+                m["component"].as_str().unwrap(),
+                m["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "first:starting",
+            "first:completed",
+            "b:starting",
+            "b:completed",
+            "a:starting",
+            "a:completed"
+        ],
+    );
+    assert_token_absent(dir.path(), &[&ran]);
+}
+
+#[test]
+fn apply_reconnects_after_crown_drops_mid_boot() {
+    let crown = FakeCrown::start(vec![
+        vec![Act::Send(ack(json!({}))), Act::Close],
+        vec![Act::Send(ack(json!({})))],
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "crown:\n  url: {}\n  token_env: {TOKEN_VAR}\n  timeout: 2s",
+        crown.url()
+    );
+    let config = tasks_config(
+        dir.path(),
+        &section,
+        &[("a", &wait_for_log("reconnected")), ("b", "true")],
+    );
+    let ran = run(razar(dir.path())
+        .args(["apply", "--until-ready", "--json", "-c"])
+        .arg(&config));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(crown.connections(), 2);
+    let messages = crown.messages();
+    let handshakes: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["type"] == "handshake")
+        .collect();
+    assert_eq!(handshakes.len(), 2);
+    assert_eq!(
+        handshakes[1]["brief"]["current_status"]["a"], "starting",
+        "the new brief is current"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["type"] == "status" && m["component"] == "b" && m["state"] == "completed")
+    );
+    // Both handshakes are archived.
+    assert_eq!(briefs(dir.path()).len(), 4);
+    assert_eq!(crown.authorization().len(), 2);
+    assert!(
+        crown
+            .authorization()
+            .iter()
+            .all(|a| a.as_deref() == Some(&*format!("Bearer {TOKEN}")))
+    );
+    assert_token_absent(dir.path(), &[&ran]);
+}
+
+#[test]
+fn apply_launches_a_missing_model_first_and_skips_components_under_downtime() {
+    let crown = FakeCrown::start(vec![vec![Act::Send(ack(json!({
+        "capabilities": ["whisper"],
+        "downtime": {"c": "disk swap"}
+    })))]]);
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "crown:\n  url: {}\n  models:\n    - {{capability: GLM4V, launch: [sh, -c, 'echo launched > model.txt']}}",
+        crown.url()
+    );
+    let config = tasks_config(
+        dir.path(),
+        &section,
+        &[("a", "test -f model.txt"), ("c", "true"), ("d", "true")],
+    );
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("{name: d,", "{name: d, depends_on: [c],"),
+    )
+    .unwrap();
+    let ran = run(razar(dir.path())
+        .args(["apply", "--until-ready", "--json", "-c"])
+        .arg(&config));
+    assert_eq!(ran.code, Some(1), "d is blocked behind c: {}", ran.stderr);
+    assert_eq!(
+        spawn_order(&ran),
+        ["crown-model.GLM4V", "a"],
+        "{}",
+        ran.stdout
+    );
+    let evs = events(&ran);
+    assert!(evs.iter().any(|e| e["event"] == "skipped"
+        && e["component"] == "c"
+        && e["reason"] == "Crown downtime: disk swap"));
+    assert!(
+        evs.iter()
+            .any(|e| e["event"] == "blocked" && e["component"] == "d")
+    );
+    let launch = briefs(dir.path())
+        .into_iter()
+        .find(|n| n.ends_with("_GLM4V_launch.json"))
+        .expect("the launch is archived");
+    let launch: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("state/mission_briefs").join(launch)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(launch["outcome"], "completed");
+    assert!(
+        interactions(dir.path())
+            .iter()
+            .any(|i| i["action"] == "model_launch")
+    );
+    // The state records the handshake and the launch (ABZU's keys).
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/razar_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["handshake"]["acknowledgement"], "ok", "{state:#}");
+    assert_eq!(state["launched_models"], json!(["GLM4V"]), "{state:#}");
+}
+
+#[test]
+fn apply_without_a_required_crown_starts_nothing_and_exits_3() {
+    let url = format!("ws://127.0.0.1:{}/crown", dead_port());
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!("crown:\n  url: {url}\n  timeout: 1s\n  required: true");
+    let config = tasks_config(dir.path(), &section, &[("a", "touch ran.txt")]);
+    let ran = run(razar(dir.path())
+        .args(["apply", "--until-ready", "-c"])
+        .arg(&config));
+    assert_eq!(ran.code, Some(3), "{}", ran.stderr);
+    assert!(ran.stderr.contains("Crown is required"), "{}", ran.stderr);
+    assert!(!dir.path().join("ran.txt").exists(), "nothing started");
+
+    let section = format!("crown:\n  url: {url}\n  timeout: 1s\n  required: false");
+    let config = tasks_config(dir.path(), &section, &[("a", "touch ran.txt")]);
+    let ran = run(razar(dir.path())
+        .args(["apply", "--until-ready", "-c"])
+        .arg(&config));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stderr.contains("crown: offline"), "{}", ran.stderr);
+    assert!(dir.path().join("ran.txt").exists());
 }

@@ -255,6 +255,23 @@ fn plans() -> Vec<(String, Value)> {
         "library, migrate excluded".to_owned(),
         serde_json::from_str(&text).expect("JSON"),
     ));
+    // What history adds: the explore strategy's report and failure counts.
+    let first = graph.components()[0].name.clone();
+    let learned = razar::plan::Options {
+        strategy: razar::plan::Strategy::Explore,
+        failures: BTreeMap::from([(first, (1, 4))]),
+        ..razar::plan::Options::default()
+    };
+    let plan = razar::plan::build(&graph, &selected, &learned);
+    let text = plan.to_json(repo());
+    // Before the excluded plan, which the test below expects last.
+    out.insert(
+        out.len() - 1,
+        (
+            "library, explore with failures".to_owned(),
+            serde_json::from_str(&text).expect("JSON"),
+        ),
+    );
     out
 }
 

@@ -1,0 +1,270 @@
+//! Component log files: `<state_dir>/logs/<name>.log`, size-capped with one rotation to
+//! `<name>.log.1`, read back for failure tails, log-line probes and `--follow`.
+//!
+//! Components write to their log file directly (stdout and stderr share one descriptor opened
+//! with `O_APPEND`), not through a pipe to razar: output is never lost while razar is busy,
+//! and a service keeps logging when razar itself dies and is later resumed. Rotation is
+//! therefore copy-then-truncate (the writer keeps its descriptor and continues at the new end);
+//! the lines written between the copy and the truncation are lost, which the size cap makes
+//! rare. This module only touches files; it never prints.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Default cap of one log file before it is rotated.
+pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Lines of output carried in failure events.
+pub const TAIL_LINES: usize = 20;
+
+/// Longest line kept in a tail or passed to a probe (longer ones are cut, marked with `…`).
+const MAX_LINE: usize = 1000;
+
+/// The log directory of a run.
+#[derive(Debug, Clone)]
+pub struct Logs {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+impl Logs {
+    pub fn new(state_dir: &Path, max_bytes: u64) -> Self {
+        Self {
+            dir: state_dir.join("logs"),
+            max_bytes: max_bytes.max(1024),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<state_dir>/logs/<name>.log`. Names are `[A-Za-z0-9_.-]`, so this stays in the dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    fn rotated(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log.1"))
+    }
+
+    /// Opens the log for a new attempt: rotates it if it is over the cap, appends `header`
+    /// (one line) and returns the file and the offset where this attempt's output starts.
+    pub fn open_attempt(&self, name: &str, header: &str) -> io::Result<(File, u64)> {
+        self.rotate_if_needed(name)?;
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(name))
+        };
+        let mut file = match open() {
+            Ok(file) => file,
+            // The directory was removed under razar: create it again.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.dir)?;
+                open()?
+            }
+            Err(err) => return Err(err),
+        };
+        writeln!(file, "{header}")?;
+        let offset = file.seek(SeekFrom::End(0))?;
+        Ok((file, offset))
+    }
+
+    /// Copies the log to `<name>.log.1` and truncates it when it exceeds the cap.
+    /// Returns whether it rotated.
+    pub fn rotate_if_needed(&self, name: &str) -> io::Result<bool> {
+        let path = self.path(name);
+        let len = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(err) => return Err(err),
+        };
+        if len <= self.max_bytes {
+            return Ok(false);
+        }
+        // Copy to a temporary name and rename, so `<name>.log.1` is always a whole file.
+        let tmp = self.dir.join(format!(".{name}.log.1.tmp"));
+        std::fs::copy(&path, &tmp)?;
+        std::fs::rename(&tmp, self.rotated(name))?;
+        OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+        Ok(true)
+    }
+
+    /// The last `lines` lines written since `from` (the attempt's offset). If the file was
+    /// rotated since, the tail of what is there now.
+    pub fn tail(&self, name: &str, from: u64, lines: usize) -> Vec<String> {
+        tail_file(&self.path(name), from, lines).unwrap_or_default()
+    }
+
+    /// The current length of a log (where a reader of new output starts).
+    pub fn len(&self, name: &str) -> u64 {
+        std::fs::metadata(self.path(name)).map_or(0, |m| m.len())
+    }
+}
+
+fn tail_file(path: &Path, from: u64, lines: usize) -> io::Result<Vec<String>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let from = if from > len { 0 } else { from };
+    // 64 KiB is plenty for 20 lines of ordinary output.
+    let start = from.max(len.saturating_sub(64 * 1024));
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(len - start).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut all: Vec<&str> = text.lines().collect();
+    // Reading from the middle of the file may start in the middle of a line.
+    if start > from && !all.is_empty() {
+        all.remove(0);
+    }
+    let skip = all.len().saturating_sub(lines);
+    Ok(all[skip..].iter().map(|l| clip(l)).collect())
+}
+
+fn clip(line: &str) -> String {
+    let line = line.trim_end_matches('\r');
+    if line.len() <= MAX_LINE {
+        return line.to_owned();
+    }
+    let mut end = MAX_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
+}
+
+/// Reads the complete lines appended to a file since the last call.
+#[derive(Debug)]
+pub struct LineReader {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl LineReader {
+    pub fn new(path: PathBuf, offset: u64) -> Self {
+        Self {
+            path,
+            offset,
+            partial: Vec::new(),
+        }
+    }
+
+    /// New complete lines (a trailing partial line waits for its newline). A file that
+    /// shrank was rotated: reading restarts at its beginning.
+    pub fn read_lines(&mut self) -> io::Result<Vec<String>> {
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let len = file.metadata()?.len();
+        if len < self.offset {
+            self.offset = 0;
+            self.partial.clear();
+        }
+        if len == self.offset {
+            return Ok(Vec::new());
+        }
+        file.seek(SeekFrom::Start(self.offset))?;
+        // At most 1 MiB per call keeps a chatty component from stalling the caller.
+        let mut bytes = Vec::new();
+        let read = file
+            .take((len - self.offset).min(1 << 20))
+            .read_to_end(&mut bytes)?;
+        self.offset += read as u64;
+        self.partial.extend_from_slice(&bytes);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        for (i, &b) in self.partial.iter().enumerate() {
+            if b == b'\n' {
+                lines.push(clip(&String::from_utf8_lossy(&self.partial[start..i])));
+                start = i + 1;
+            }
+        }
+        self.partial.drain(..start);
+        if self.partial.len() > 64 * 1024 {
+            // A "line" this long is binary noise: pass it on rather than buffer forever.
+            lines.push(clip(&String::from_utf8_lossy(&self.partial)));
+            self.partial.clear();
+        }
+        Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_append_with_headers_and_tails_cover_only_the_attempt() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = Logs::new(dir.path(), DEFAULT_MAX_BYTES);
+        let (mut file, first) = logs.open_attempt("api", "--- attempt 1").expect("open");
+        writeln!(file, "old line").expect("write");
+        let (mut file, second) = logs.open_attempt("api", "--- attempt 2").expect("open");
+        assert!(second > first);
+        for i in 0..30 {
+            writeln!(file, "line {i}").expect("write");
+        }
+        let tail = logs.tail("api", second, TAIL_LINES);
+        assert_eq!(tail.len(), 20);
+        assert_eq!(tail[0], "line 10");
+        assert_eq!(tail[19], "line 29");
+        let short = logs.tail("api", second, 100);
+        assert!(!short.iter().any(|l| l == "old line"), "{short:?}");
+    }
+
+    #[test]
+    fn rotation_keeps_one_old_file_and_the_writer_continues() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = Logs::new(dir.path(), 1024);
+        let (mut file, _) = logs.open_attempt("chatty", "--- attempt 1").expect("open");
+        for i in 0..100 {
+            writeln!(file, "line number {i:04}").expect("write");
+        }
+        assert!(logs.rotate_if_needed("chatty").expect("rotate"));
+        let old = std::fs::read_to_string(dir.path().join("logs/chatty.log.1")).expect("rotated");
+        assert!(old.contains("line number 0099"));
+        assert_eq!(logs.len("chatty"), 0);
+        // The component's descriptor (O_APPEND) writes at the new end, not at its old offset.
+        writeln!(file, "after rotation").expect("write");
+        let now = std::fs::read_to_string(logs.path("chatty")).expect("log");
+        assert_eq!(now, "after rotation\n");
+        assert!(!logs.rotate_if_needed("chatty").expect("no rotation"));
+    }
+
+    #[test]
+    fn line_reader_waits_for_newlines_and_survives_rotation() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("x.log");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open");
+        let mut reader = LineReader::new(path.clone(), 0);
+        assert!(reader.read_lines().expect("read").is_empty());
+        write!(file, "hello wor").expect("write");
+        assert!(reader.read_lines().expect("read").is_empty());
+        writeln!(file, "ld\nsecond").expect("write");
+        assert_eq!(
+            reader.read_lines().expect("read"),
+            vec!["hello world", "second"]
+        );
+        file.set_len(0).expect("truncate");
+        writeln!(file, "fresh").expect("write");
+        assert_eq!(reader.read_lines().expect("read"), vec!["fresh"]);
+    }
+
+    #[test]
+    fn long_lines_are_clipped_on_a_char_boundary() {
+        let line = "é".repeat(MAX_LINE);
+        let clipped = clip(&line);
+        assert!(clipped.ends_with('…'));
+        assert!(clipped.len() <= MAX_LINE + '…'.len_utf8());
+    }
+}

@@ -1,0 +1,547 @@
+//! Component processes: spawn one in its own process group with its environment and log
+//! file, wait for it (as its parent, or through a pidfd when a resumed run adopted it), and
+//! stop a whole group: optional stop command, stop signal, grace period, SIGKILL.
+//!
+//! This module runs processes; it does not decide when. The scheduler (`exec::run`) calls it.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
+
+use super::event::ExitInfo;
+use super::logs::Logs;
+use super::sys;
+use crate::plan::Step;
+
+/// How long a group may take to disappear after SIGKILL before razar stops waiting for it
+/// (a process in uninterruptible sleep cannot die sooner; razar reports it and moves on).
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Converts a std exit status.
+pub fn exit_info(status: std::process::ExitStatus) -> ExitInfo {
+    ExitInfo {
+        code: status.code(),
+        signal: status.signal(),
+    }
+}
+
+/// The environment a component (and its exec probe and stop command) runs with, on top of
+/// razar's own: the step's `env`; the step's `path` directories and, for a step with
+/// `layer: L`, `<state_dir>/venv/L/bin` first on `PATH`, with `VIRTUAL_ENV` set to the layer's
+/// environment; and `RAZAR_STATE_DIR`, `RAZAR_COMPONENT`, `RAZAR_RUN_ID` (which also let a later
+/// `--resume` or `razar down` recognise the process; the step cannot override them).
+pub fn environment(step: &Step, state_dir: &Path, run_id: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = step
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut front: Vec<PathBuf> = step.path.clone();
+    if let Some(layer) = &step.layer {
+        let venv = state_dir.join("venv").join(layer);
+        let bin = venv.join("bin");
+        if !front.contains(&bin) {
+            front.push(bin);
+        }
+        env.retain(|(k, _)| k != "VIRTUAL_ENV");
+        env.push(("VIRTUAL_ENV".to_owned(), venv.display().to_string()));
+    }
+    if !front.is_empty() {
+        let inherited = step
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_owned());
+        let mut path: Vec<String> = front.iter().map(|d| d.display().to_string()).collect();
+        path.push(inherited);
+        env.retain(|(k, _)| k != "PATH");
+        env.push(("PATH".to_owned(), path.join(":")));
+    }
+    env.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "RAZAR_STATE_DIR" | "RAZAR_COMPONENT" | "RAZAR_RUN_ID"
+        )
+    });
+    env.push((
+        "RAZAR_STATE_DIR".to_owned(),
+        state_dir.display().to_string(),
+    ));
+    env.push(("RAZAR_COMPONENT".to_owned(), step.name.clone()));
+    env.push(("RAZAR_RUN_ID".to_owned(), run_id.to_owned()));
+    env
+}
+
+/// A running component process.
+#[derive(Debug)]
+pub enum Proc {
+    /// Spawned by this run: razar is its parent and reaps it.
+    Child(tokio::process::Child),
+    /// Adopted from an earlier run: watched through a pidfd; its exit status is unknowable.
+    Adopted(AsyncFd<OwnedFd>),
+    /// Adopted, but the kernel could not give a pidfd (or the process is a daemon's launcher
+    /// that already exited): nothing to wait for.
+    Detached,
+}
+
+impl Proc {
+    /// Waits for the process to end. The exit status is known only for our own children.
+    pub async fn wait(&mut self) -> Option<ExitInfo> {
+        match self {
+            Proc::Child(child) => child.wait().await.ok().map(exit_info),
+            Proc::Adopted(fd) => {
+                // A pidfd becomes readable once the process has exited; it stays readable.
+                if let Ok(mut guard) = fd.readable().await {
+                    guard.retain_ready();
+                }
+                None
+            }
+            Proc::Detached => std::future::pending().await,
+        }
+    }
+}
+
+/// Watches a process razar is not the parent of.
+pub fn adopt(pid: u32) -> Proc {
+    let registered = sys::pidfd_open(pid).and_then(|fd| {
+        // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open
+        // and refers to the same pidfd for the AsyncFd's whole life.
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    });
+    match registered {
+        Ok(fd) => Proc::Adopted(fd),
+        Err(err) => {
+            tracing::warn!(pid, %err, "cannot open a pidfd; the adopted process is not watched");
+            Proc::Detached
+        }
+    }
+}
+
+/// Where programs were found on `PATH`, so each spawn execs an absolute path.
+///
+/// Without it the child searches `PATH` itself (`execvp`), and every directory that lacks the
+/// program costs a failed `execve` while razar waits for the vfork'd child: with a long
+/// `PATH` that is a noticeable part of every spawn. Only hits are kept; a program that
+/// vanished is looked up again after its spawn failed.
+#[derive(Debug, Default)]
+pub struct Programs {
+    found: HashMap<(String, String), PathBuf>,
+}
+
+impl Programs {
+    /// The absolute path `program` resolves to on `path`, when it can be known in advance
+    /// (a bare name on a `PATH` of absolute directories).
+    pub fn resolve(&mut self, program: &str, path: &str) -> Option<PathBuf> {
+        if program.contains('/') || path.split(':').any(|dir| !dir.starts_with('/')) {
+            return None;
+        }
+        let key = (path.to_owned(), program.to_owned());
+        if let Some(found) = self.found.get(&key) {
+            return Some(found.clone());
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let found = path
+            .split(':')
+            .map(|dir| Path::new(dir).join(program))
+            .find(|candidate| {
+                std::fs::metadata(candidate)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })?;
+        self.found.insert(key, found.clone());
+        Some(found)
+    }
+
+    fn forget(&mut self, program: &str, path: &str) {
+        self.found.remove(&(path.to_owned(), program.to_owned()));
+    }
+}
+
+/// A freshly spawned attempt.
+#[derive(Debug)]
+pub struct Spawned {
+    pub proc: Proc,
+    pub pid: u32,
+    pub pgid: u32,
+    pub start_time: u64,
+    /// Where this attempt's output starts in the log file.
+    pub log_offset: u64,
+}
+
+/// Why a spawn failed, with the log offset of the attempt (its header and the error are in
+/// the log).
+#[derive(Debug)]
+pub struct SpawnError {
+    pub message: String,
+    pub log_offset: u64,
+}
+
+/// Spawns `argv` in its own process group, stdout and stderr appended to the component's log,
+/// stdin from /dev/null.
+pub fn spawn(
+    programs: &mut Programs,
+    logs: &Logs,
+    name: &str,
+    header: &str,
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&Path>,
+) -> Result<Spawned, SpawnError> {
+    let (file, log_offset) = logs.open_attempt(name, header).map_err(|err| SpawnError {
+        message: format!("cannot open its log `{}`: {err}", logs.path(name).display()),
+        log_offset: 0,
+    })?;
+    let fail = |message: String| {
+        use std::io::Write as _;
+        let mut file = &file;
+        let _ = writeln!(file, "razar: {message}");
+        SpawnError {
+            message,
+            log_offset,
+        }
+    };
+    let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
+        return Err(fail("the command is empty".to_owned()));
+    };
+    let stderr = file
+        .try_clone()
+        .map_err(|err| fail(format!("cannot share its log descriptor: {err}")))?;
+    let search_path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    let resolved = programs.resolve(program, &search_path);
+    let mut command = match &resolved {
+        Some(path) => {
+            let mut command = tokio::process::Command::new(path);
+            // The program still sees the name it was given as argv[0].
+            command.arg0(program);
+            command
+        }
+        None => tokio::process::Command::new(program),
+    };
+    command
+        .args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone().map_err(|err| {
+            fail(format!("cannot share its log descriptor: {err}"))
+        })?))
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        // Components outlive razar when it is killed or runs with --keep-running.
+        .kill_on_drop(false);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let child = command.spawn().map_err(|err| {
+        if resolved.is_some() {
+            programs.forget(program, &search_path);
+        }
+        let place = cwd.map_or(String::new(), |c| format!(" in `{}`", c.display()));
+        fail(format!("cannot start `{program}`{place}: {err}"))
+    })?;
+    let pid = child
+        .id()
+        .expect("a child that was just spawned has not been reaped");
+    // The child cannot have been reaped yet, so /proc still has it (perhaps as a zombie).
+    let start_time = sys::proc_stat(pid).map_or(0, |s| s.start_time);
+    Ok(Spawned {
+        proc: Proc::Child(child),
+        pid,
+        pgid: pid,
+        start_time,
+        log_offset,
+    })
+}
+
+/// How to stop one component.
+#[derive(Debug, Clone)]
+pub struct StopSpec {
+    pub pgid: u32,
+    /// Processes of the component outside its group (daemons that called setsid), found by
+    /// their environment.
+    pub strays: Vec<u32>,
+    pub signal: i32,
+    pub grace: Duration,
+    /// Run first, as ABZU's `stop:` command did; its output goes to the component's log.
+    pub command: Option<StopCommand>,
+    /// Skip the stop command and the grace period: SIGKILL at once.
+    pub kill_now: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StopCommand {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub log: PathBuf,
+}
+
+/// Stops a component: stop command, stop signal to the group, up to `grace` for it to empty,
+/// then SIGKILL. `force` resolving (a second Ctrl-C) skips straight to SIGKILL. Returns whether
+/// SIGKILL was needed.
+pub async fn stop(spec: StopSpec, force: impl std::future::Future<Output = ()>) -> bool {
+    tokio::pin!(force);
+    let mut forced = spec.kill_now;
+    if !forced && let Some(command) = &spec.command {
+        tokio::select! {
+            () = run_stop_command(command, spec.grace) => {}
+            () = &mut force => forced = true,
+        }
+    }
+    if !forced {
+        let deadline = Instant::now() + spec.grace;
+        let _ = sys::signal_group(spec.pgid, spec.signal);
+        for &pid in &spec.strays {
+            let _ = sys::signal_process(pid, spec.signal);
+        }
+        tokio::select! {
+            () = wait_gone(&spec) => return false,
+            () = tokio::time::sleep_until(deadline) => {}
+            () = &mut force => {}
+        }
+        forced = true;
+    }
+    debug_assert!(forced);
+    let _ = sys::signal_group(spec.pgid, libc::SIGKILL);
+    for &pid in &spec.strays {
+        let _ = sys::signal_process(pid, libc::SIGKILL);
+    }
+    if tokio::time::timeout(KILL_WAIT, wait_gone(&spec))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pgid = spec.pgid,
+            "process group still present after SIGKILL"
+        );
+    }
+    true
+}
+
+/// Whether anything of the component is still alive.
+fn alive(spec: &StopSpec) -> bool {
+    sys::group_alive(spec.pgid)
+        || spec
+            .strays
+            .iter()
+            .any(|&pid| sys::proc_stat(pid).is_some_and(|s| !s.is_zombie()))
+}
+
+/// Polls until the group and strays are gone: every 1 ms at first, backing off to 50 ms.
+async fn wait_gone(spec: &StopSpec) {
+    let mut pause = Duration::from_millis(1);
+    while alive(spec) {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+async fn run_stop_command(command: &StopCommand, limit: Duration) {
+    let Some(program) = command.argv.first() else {
+        return;
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&command.log);
+    let (out, err) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
+        Err(_) => (Stdio::null(), Stdio::null()),
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&command.argv[1..])
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &command.cwd {
+        cmd.current_dir(cwd);
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        tracing::warn!(command = %command.argv.join(" "), "cannot run the stop command");
+        return;
+    };
+    let pgid = child.id();
+    if tokio::time::timeout(limit, child.wait()).await.is_err()
+        && let Some(pgid) = pgid
+    {
+        let _ = sys::signal_group(pgid, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(script: &str) -> Vec<String> {
+        vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()]
+    }
+
+    #[tokio::test]
+    async fn spawns_in_its_own_group_with_output_in_the_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
+        let env = vec![("GREETING".to_owned(), "hello".to_owned())];
+        let mut spawned = spawn(
+            &mut Programs::default(),
+            &logs,
+            "greeter",
+            "--- attempt 1",
+            &argv("echo $GREETING; echo oops >&2; exit 3"),
+            &env,
+            Some(dir.path()),
+        )
+        .expect("spawn");
+        assert_eq!(spawned.pid, spawned.pgid);
+        let exit = spawned.proc.wait().await.expect("exit status of a child");
+        assert_eq!(exit.code, Some(3));
+        let tail = logs.tail("greeter", spawned.log_offset, 10);
+        assert_eq!(tail, vec!["hello", "oops"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_reported_in_the_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
+        let err = spawn(
+            &mut Programs::default(),
+            &logs,
+            "ghost",
+            "--- attempt 1",
+            &["/nonexistent/razar-ghost".to_owned()],
+            &[],
+            None,
+        )
+        .expect_err("cannot spawn");
+        assert!(
+            err.message
+                .contains("cannot start `/nonexistent/razar-ghost`")
+        );
+        let tail = logs.tail("ghost", err.log_offset, 10);
+        assert!(tail[0].contains("cannot start"), "{tail:?}");
+    }
+
+    #[tokio::test]
+    async fn stop_kills_a_group_that_ignores_the_stop_signal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
+        // The shell ignores TERM and so does its background child.
+        let mut spawned = spawn(
+            &mut Programs::default(),
+            &logs,
+            "stubborn",
+            "--- attempt 1",
+            &argv("trap '' TERM; sleep 30 & echo started; wait"),
+            &[],
+            None,
+        )
+        .expect("spawn");
+        let mut reader =
+            super::super::logs::LineReader::new(logs.path("stubborn"), spawned.log_offset);
+        while reader.read_lines().expect("read").is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let pgid = spawned.pgid;
+        let started = Instant::now();
+        let forced = stop(
+            StopSpec {
+                pgid,
+                strays: Vec::new(),
+                signal: libc::SIGTERM,
+                grace: Duration::from_millis(300),
+                command: None,
+                kill_now: false,
+            },
+            std::future::pending(),
+        )
+        .await;
+        assert!(forced);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let exit = spawned.proc.wait().await.expect("child exit");
+        assert_eq!(exit.signal, Some(libc::SIGKILL));
+        assert!(!sys::group_alive(pgid));
+    }
+
+    #[tokio::test]
+    async fn stop_signals_the_whole_group_and_returns_once_it_is_empty() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
+        let mut spawned = spawn(
+            &mut Programs::default(),
+            &logs,
+            "polite",
+            "--- attempt 1",
+            &argv("sleep 30 & sleep 30 & wait"),
+            &[],
+            None,
+        )
+        .expect("spawn");
+        let pgid = spawned.pgid;
+        let forced = stop(
+            StopSpec {
+                pgid,
+                strays: Vec::new(),
+                signal: libc::SIGTERM,
+                grace: Duration::from_secs(20),
+                command: None,
+                kill_now: false,
+            },
+            std::future::pending(),
+        )
+        .await;
+        assert!(!forced);
+        assert!(
+            !sys::group_alive(pgid),
+            "the background sleeps got SIGTERM too"
+        );
+        let _ = spawned.proc.wait().await;
+    }
+
+    #[test]
+    fn programs_are_found_on_path_once() {
+        let mut programs = Programs::default();
+        let path = "/nonexistent-razar-dir:/usr/bin:/bin";
+        let found = programs.resolve("sh", path).expect("sh is installed");
+        assert!(found.is_absolute() && found.ends_with("sh"));
+        assert_eq!(programs.resolve("sh", path), Some(found));
+        assert_eq!(
+            programs.resolve("./local", path),
+            None,
+            "paths are not searched"
+        );
+        assert_eq!(
+            programs.resolve("sh", "relative:/bin"),
+            None,
+            "cwd-dependent PATH"
+        );
+        assert_eq!(programs.resolve("razar-no-such-program", path), None);
+    }
+
+    #[tokio::test]
+    async fn adopted_processes_are_watched_through_a_pidfd() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .expect("spawn sleep");
+        let mut proc = adopt(child.id());
+        assert!(matches!(proc, Proc::Adopted(_)));
+        let waited = tokio::time::timeout(Duration::from_secs(10), proc.wait()).await;
+        assert_eq!(waited, Ok(None), "exit seen, status unknown");
+        let _ = child.wait();
+    }
+}

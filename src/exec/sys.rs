@@ -1,0 +1,269 @@
+//! The operating-system seam of the executor: process groups, signals, `/proc` and pidfds.
+//!
+//! Everything here is Linux-specific and synchronous (a few syscalls or small `/proc` reads);
+//! the rest of the executor calls these functions and never `libc` directly. Nothing here
+//! decides *when* to signal or kill: that is the scheduler's job.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// What razar needs from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// One-letter state (`R`, `S`, `Z`, …).
+    pub state: char,
+    pub pgrp: i32,
+    /// Start time in clock ticks since boot (field 22): with the pid, a process identity that
+    /// survives pid reuse.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    pub fn is_zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// Parses the text of `/proc/PID/stat`. The command name (field 2) may contain spaces and
+/// parentheses, so fields are counted from its last `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `fields[0]` is field 3 (state), so field N is `fields[N - 3]`.
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The stat of a live (or zombie) process; `None` once it is gone.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// Whether `pid` is still the process that was started at `start_time` (pids are reused).
+pub fn same_process(pid: u32, start_time: u64) -> bool {
+    proc_stat(pid).is_some_and(|s| !s.is_zombie() && s.start_time == start_time)
+}
+
+/// Maps a signal name (`SIGTERM`, `TERM`, `sigint`, or a number) to its number.
+pub fn signal_number(name: &str) -> Option<i32> {
+    let upper = name.trim().to_ascii_uppercase();
+    if let Ok(n) = upper.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    Some(match bare {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        "ALRM" => libc::SIGALRM,
+        "PWR" => libc::SIGPWR,
+        _ => return None,
+    })
+}
+
+/// Sends `signal` to every process of group `pgid`. A group that no longer exists is not an
+/// error (it already stopped).
+pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // pgid 0 or 1 would address our own group or init's: never a component's.
+    if pgid <= 1 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(-pgid, signal) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Sends `signal` to one process; gone is not an error.
+pub fn signal_process(pid: u32, signal: i32) -> io::Result<()> {
+    let Ok(pid) = i32::try_from(pid) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    if pid <= 1 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Whether a process with this pid exists (zombies included).
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) with signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether any live (non-zombie) process is left in group `pgid`.
+///
+/// `kill(-pgid, 0)` answers "no" cheaply in the common case; when it says "yes", the group
+/// may hold only zombies waiting for a parent that does not reap them (orphans reparented to
+/// an init that does not wait), so `/proc` decides.
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(id) = i32::try_from(pgid) else {
+        return false;
+    };
+    if id <= 1 {
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(-id, 0) };
+    if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    !group_members(pgid).is_empty()
+}
+
+/// Live (non-zombie) processes of group `pgid`, from `/proc`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return Vec::new();
+    };
+    proc_pids()
+        .into_iter()
+        .filter(|&pid| proc_stat(pid).is_some_and(|s| s.pgrp == pgid && !s.is_zombie()))
+        .collect()
+}
+
+/// Every pid in `/proc`.
+pub fn proc_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// A process started by razar for some state directory, found through its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    pub pid: u32,
+    pub pgrp: i32,
+    pub component: String,
+}
+
+/// Live processes whose environment says they belong to a component of `state_dir`
+/// (`RAZAR_STATE_DIR` and `RAZAR_COMPONENT`, set by razar on every component): what an
+/// earlier run left running, including daemons that left their process group.
+pub fn tagged_processes(state_dir: &Path) -> Vec<Tagged> {
+    let want_dir = format!("RAZAR_STATE_DIR={}", state_dir.display());
+    let own = std::process::id();
+    let mut found = Vec::new();
+    for pid in proc_pids() {
+        if pid == own {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let mut in_dir = false;
+        let mut component = None;
+        for var in environ.split(|&b| b == 0) {
+            if var == want_dir.as_bytes() {
+                in_dir = true;
+            } else if let Some(name) = var.strip_prefix(b"RAZAR_COMPONENT=") {
+                component = Some(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+        if let (true, Some(component)) = (in_dir, component)
+            && let Some(stat) = proc_stat(pid)
+            && !stat.is_zombie()
+        {
+            found.push(Tagged {
+                pid,
+                pgrp: stat.pgrp,
+                component,
+            });
+        }
+    }
+    found.sort_by_key(|t| t.pid);
+    found
+}
+
+/// A pidfd for `pid`: becomes readable when the process exits, whether or not razar is its
+/// parent (how resumed runs supervise adopted components).
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).expect("the kernel returns descriptors that fit an int");
+    // SAFETY: the descriptor was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let text = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194304 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let stat = parse_stat(text).expect("well-formed stat line");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.pgrp, 4242);
+        assert_eq!(stat.start_time, 987654);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn own_process_is_found_and_identified() {
+        let me = std::process::id();
+        let stat = proc_stat(me).expect("our own /proc entry exists");
+        assert!(same_process(me, stat.start_time));
+        assert!(!same_process(me, stat.start_time + 1));
+        assert!(process_exists(me));
+    }
+
+    #[test]
+    fn signal_names_and_numbers() {
+        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(signal_number("int"), Some(libc::SIGINT));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number("SIGNOPE"), None);
+        assert_eq!(signal_number("0"), None);
+    }
+
+    #[test]
+    fn refuses_to_signal_our_own_group_or_init() {
+        assert!(signal_group(0, 0).is_err());
+        assert!(signal_group(1, 0).is_err());
+        assert!(signal_process(1, 0).is_err());
+    }
+}

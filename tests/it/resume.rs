@@ -1,0 +1,141 @@
+//! `razar apply --resume` after razar itself was SIGKILLed mid-boot: adopted services keep
+//! their pids, completed tasks do not run again, the rest is started, and no component ever
+//! has two processes. Checked from the event streams and the process table.
+
+use razar::exec::EventKind;
+
+use super::stack::{Stack, alive, free_port, group_members, is};
+
+/// Processes whose environment names `component` and the stack's state directory.
+fn processes_of(stack: &Stack, component: &str) -> Vec<u32> {
+    let want_dir = format!("RAZAR_STATE_DIR={}", stack.state().display());
+    let want_name = format!("RAZAR_COMPONENT={component}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+        if vars.contains(&want_dir.as_bytes()) && vars.contains(&want_name.as_bytes()) && alive(pid)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn pid_of(events: &[razar::exec::Event], component: &str) -> u32 {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.kind {
+            EventKind::Spawned {
+                component: c, pid, ..
+            } if c == component => Some(*pid),
+            EventKind::Adopted {
+                component: c, pid, ..
+            } if c == component => Some(*pid),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no pid for {component}"))
+}
+
+#[test]
+fn resume_after_sigkill_adopts_skips_and_starts_without_running_anything_twice() {
+    let (db, api, web) = (free_port(), free_port(), free_port());
+    // api hangs on its first start (listens only after 60 s), so razar is killed mid-boot with
+    // api still starting; a later start listens at once.
+    let config = format!(
+        "components:
+  - name: db
+    command: [python3, svc.py, \"0\", \"{db}\"]
+    cwd: .
+    ready: {{tcp: \"127.0.0.1:{db}\"}}
+  - name: migrate
+    kind: task
+    command: \"echo migrated >> migrations.txt\"
+    cwd: .
+    depends_on: [db]
+  - name: api
+    command: \"n=$(cat api-starts 2>/dev/null || echo 0); n=$((n+1)); echo $n > api-starts; if [ $n -eq 1 ]; then exec python3 svc.py 60 {api}; else exec python3 svc.py 0 {api}; fi\"
+    cwd: .
+    depends_on: {{migrate: completed}}
+    ready: {{tcp: \"127.0.0.1:{api}\", timeout: 120s}}
+  - name: web
+    command: [python3, svc.py, \"0\", \"{web}\"]
+    cwd: .
+    depends_on: [api]
+    ready: {{tcp: \"127.0.0.1:{web}\"}}
+"
+    );
+    let stack = Stack::new(&config);
+    let mut first = stack.apply(&[]);
+    first.wait_for("api spawned", is("spawned", "api"));
+    first.signal(libc::SIGKILL);
+    let killed = first.finish();
+    assert_eq!(killed.status.code(), None, "razar died of SIGKILL");
+    let db_pid = pid_of(&killed.events, "db");
+    let old_api = pid_of(&killed.events, "api");
+    assert!(alive(db_pid) && alive(old_api), "components outlive razar");
+    assert_eq!(killed.count(is("completed", "migrate")), 1);
+
+    // Without --resume, a fresh apply refuses to start a second copy.
+    let fresh = stack.run(&["apply", "-c", "razar.yaml", "--until-ready"]);
+    assert_eq!(fresh.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&fresh.stderr).contains("--resume"));
+
+    let mut resumed = stack.apply(&["--resume"]);
+    resumed.wait_for("boot finished", |k| {
+        matches!(k, EventKind::BootFinished { .. })
+    });
+    // One process per component, while the stack runs.
+    for component in ["db", "api", "web"] {
+        let pids = processes_of(&stack, component);
+        assert_eq!(pids.len(), 1, "{component}: {pids:?}");
+    }
+    assert_eq!(processes_of(&stack, "db"), vec![db_pid], "db kept its pid");
+    assert!(!alive(old_api), "the hung api was cleaned up");
+    resumed.signal(libc::SIGINT);
+    let run = resumed.finish();
+    assert_eq!(run.code(), Some(0), "{}", run.show());
+
+    let started = run.events.first().expect("events");
+    assert!(matches!(
+        started.kind,
+        EventKind::RunStarted { resumed: true, .. }
+    ));
+    assert!(run.events.iter().any(|e| matches!(&e.kind,
+        EventKind::Adopted { component, pid, .. } if component == "db" && *pid == db_pid)));
+    assert_eq!(run.count(is("spawned", "db")), 0, "{}", run.show());
+    assert_eq!(run.count(is("skipped", "migrate")), 1, "{}", run.show());
+    assert_eq!(run.count(is("spawned", "migrate")), 0);
+    let migrations = std::fs::read_to_string(stack.path().join("migrations.txt")).expect("file");
+    assert_eq!(migrations.lines().count(), 1, "migrate ran once");
+    // The old api is stopped before the new one starts; web starts for the first time.
+    assert!(
+        run.position("old api stopped", is("stopped", "api"))
+            < run.position("api spawned", is("spawned", "api"))
+    );
+    assert_eq!(run.count(is("ready", "api")), 1);
+    assert_eq!(run.count(is("ready", "web")), 1);
+    // Ctrl-C stopped everything, the adopted db included (razar is not its parent).
+    for group in killed.groups().into_iter().chain(run.groups()) {
+        assert!(
+            group_members(group).is_empty(),
+            "group {group} still has processes"
+        );
+    }
+    for component in ["db", "api", "web"] {
+        assert!(
+            processes_of(&stack, component).is_empty(),
+            "{component} left running"
+        );
+    }
+}

@@ -182,7 +182,7 @@ pub fn new_run_id() -> String {
 /// `razar apply`: boots the plan, supervises it, stops it; returns how the run ended.
 pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     let runtime = runtime()?;
-    let (mut plan, store, crown) = match &request.plan_file {
+    let (mut plan, store, mut crown) = match &request.plan_file {
         Some(path) => {
             let plan = load_saved_plan(path)?;
             // A broken plan file is refused before the state directory is touched.
@@ -196,6 +196,9 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     // Crown's verdict (online or offline, downtime, launches) before the boot's first line.
     for line in crown.iter().flat_map(|c| &c.report) {
         eprintln!("{line}");
+    }
+    if let Some(crown) = crown.as_mut() {
+        crown.adopt_initial(&mut plan);
     }
     if let Some(parallelism) = request.parallelism {
         plan.parallelism = parallelism;

@@ -882,6 +882,19 @@ pub struct Running {
 }
 
 impl RunCrown {
+    /// Adopts the advice for a saved plan (downtime, handshake suggestions) into `plan`
+    /// itself, before anything starts; each outcome is logged and recorded in the plan.
+    pub fn adopt_initial(&mut self, plan: &mut Plan) {
+        let initial = std::mem::take(&mut self.initial);
+        if initial.is_empty() {
+            return;
+        }
+        let revision =
+            crate::plan::suggest::revise(plan, &BTreeSet::new(), &initial, self.fixed_parallelism);
+        log_outcomes(&self.archive, &revision.outcomes);
+        revision.apply(plan);
+    }
+
     /// Starts the link for the run of `plan` (inside the runtime the run uses).
     pub fn start(self, plan: &Plan, on_launch: Option<crate::state::crown::LaunchHook>) -> Running {
         let mut boot = Boot::start(
@@ -959,29 +972,34 @@ pub async fn forward_revisions(
         };
         let revision =
             crate::plan::suggest::revise(&plan, &started.snapshot(), &items, fixed_parallelism);
-        for outcome in &revision.outcomes {
-            let verdict = if outcome.applied {
-                "applied"
-            } else {
-                "rejected"
-            };
-            let _ = archive.log(&Interaction {
-                timestamp: link::now_rfc3339(),
-                initiator: "razar".to_owned(),
-                action: "suggestion".to_owned(),
-                response_summary: format!(
-                    "{verdict}: {} — {} ({})",
-                    outcome.suggestion.label(),
-                    outcome.effect,
-                    outcome.source
-                ),
-            });
-        }
+        log_outcomes(&archive, &revision.outcomes);
         // Later suggestions are judged against the plan as revised so far.
         revision.apply(&mut plan);
         if !revision.is_empty() && revisions.send(for_executor(revision)).await.is_err() {
             break;
         }
+    }
+}
+
+/// One `suggestion` line per outcome in `interaction_log.jsonl`.
+fn log_outcomes(archive: &Archive, outcomes: &[crate::plan::suggest::Outcome]) {
+    for outcome in outcomes {
+        let verdict = if outcome.applied {
+            "applied"
+        } else {
+            "rejected"
+        };
+        let _ = archive.log(&Interaction {
+            timestamp: link::now_rfc3339(),
+            initiator: "razar".to_owned(),
+            action: "suggestion".to_owned(),
+            response_summary: format!(
+                "{verdict}: {} — {} ({})",
+                outcome.suggestion.label(),
+                outcome.effect,
+                outcome.source
+            ),
+        });
     }
 }
 

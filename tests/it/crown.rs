@@ -1166,3 +1166,32 @@ fn apply_without_a_required_crown_starts_nothing_and_exits_3() {
     assert!(ran.stderr.contains("crown: offline"), "{}", ran.stderr);
     assert!(dir.path().join("ran.txt").exists());
 }
+
+#[test]
+fn a_saved_plan_runs_as_saved_with_crowns_downtime_adopted_before_the_boot() {
+    let crown = FakeCrown::start(vec![vec![Act::Send(ack(json!({
+        "downtime": {"b": {"description": "disk swap"}},
+        "suggestions": [{"action": "prioritize", "component": "c"}]
+    })))]]);
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!("crown:\n  url: {}\n  timeout: 5s", crown.url());
+    let config = tasks_config(
+        dir.path(),
+        &section,
+        &[("a", "true"), ("b", "true"), ("c", "true")],
+    );
+    let saved = run(razar(dir.path())
+        .args(["plan", "--offline", "-o", "saved.json", "-c"])
+        .arg(&config));
+    assert_eq!(saved.code, Some(0), "{}", saved.stderr);
+    let ran = run(razar(dir.path()).args(["apply", "saved.json", "--until-ready", "--json"]));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(spawn_order(&ran), ["c", "a"], "{}", ran.stdout);
+    assert!(
+        events(&ran)
+            .iter()
+            .any(|e| e["event"] == "skipped" && e["component"] == "b"),
+        "{}",
+        ran.stdout
+    );
+}

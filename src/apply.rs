@@ -4,9 +4,12 @@
 //! from the configuration with the store's quarantine exclusions and history weights, or read
 //! from a saved plan file and refused when stale), checks it, and runs it on a tokio runtime
 //! with the event sinks in their required order (the store's recorder first, then the
-//! reporter) and the signal listener feeding the run's [`Shutdown`]. `down` stops a stack from
-//! another terminal. Neither prints anything itself except through `report`, nor decides exit
-//! codes (the binary does, in one place).
+//! reporter, then Crown's) and the signal listener feeding the run's [`Shutdown`]. With a
+//! `crown:` section, Crown is consulted before the plan is built (`crown::session`) and the
+//! link is kept for the run: status stream, mid-boot revisions, model launch records. `down`
+//! stops a stack from another terminal. Neither prints anything itself except through
+//! `report` (and Crown's verdict, on stderr before the boot, so `--json` output stays pure),
+//! nor decides exit codes (the binary does, in one place).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

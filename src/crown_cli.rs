@@ -79,6 +79,8 @@ pub fn plan(
             &status,
             open_issues,
             "operator",
+            // `plan` only reads the state: the exchange is archived, not recorded.
+            &mut |_| {},
         )
         .await?;
         Ok::<_, Error>(consulted)

@@ -469,9 +469,12 @@ pub async fn consult(
     status: &BTreeMap<String, String>,
     open_issues: Vec<OpenIssue>,
     initiator: &str,
+    on_record: &mut dyn FnMut(&Value),
 ) -> Result<Consulted, Error> {
     let brief = brief(graph, selected, status, open_issues);
     let exchange = handshake(settings, &brief, archive, initiator).await?;
+    // Recorded before a required Crown's absence stops the boot: the state says why.
+    on_record(&exchange.record(settings));
     let advice = match &exchange.reached {
         Reached::Offline(failed) if settings.required => {
             return Err(Error::CrownUnavailable(format!(
@@ -759,9 +762,9 @@ pub async fn plan_for_run(
         status,
         open_issues,
         "razar",
+        on_handshake,
     )
     .await?;
-    on_handshake(&consulted.exchange.record(&settings));
     let mut plan = crate::plan::build(&consulted.graph, &consulted.selected, &options);
     explain_model_steps(&mut plan, &consulted.graph, &consulted.model_tasks);
     let report = consulted.report(&settings);
@@ -1153,6 +1156,7 @@ components:
             &BTreeMap::new(),
             vec![],
             "razar",
+            &mut |_| {},
         )
         .await
         .expect("Crown answers");

@@ -1156,6 +1156,13 @@ fn apply_without_a_required_crown_starts_nothing_and_exits_3() {
     assert_eq!(ran.code, Some(3), "{}", ran.stderr);
     assert!(ran.stderr.contains("Crown is required"), "{}", ran.stderr);
     assert!(!dir.path().join("ran.txt").exists(), "nothing started");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/razar_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        state["handshake"]["outcome"], "offline",
+        "the state says why: {state:#}"
+    );
 
     let section = format!("crown:\n  url: {url}\n  timeout: 1s\n  required: false");
     let config = tasks_config(dir.path(), &section, &[("a", "touch ran.txt")]);
@@ -1165,6 +1172,11 @@ fn apply_without_a_required_crown_starts_nothing_and_exits_3() {
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     assert!(ran.stderr.contains("crown: offline"), "{}", ran.stderr);
     assert!(dir.path().join("ran.txt").exists());
+    // The state says razar booted without Crown.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/razar_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["handshake"]["outcome"], "offline", "{state:#}");
 }
 
 #[test]

@@ -957,9 +957,13 @@ fn spawn_order(ran: &Ran) -> Vec<String> {
         .collect()
 }
 
-/// Waits (in the component's shell) until the interaction log mentions `text`.
+/// Waits (in the component's shell) until the interaction log mentions `text`; gives up
+/// (exit 1, so the test fails instead of hanging) after 30 s.
 fn wait_for_log(text: &str) -> String {
-    format!("until grep -q '{text}' state/interaction_log.jsonl 2>/dev/null; do sleep 0.02; done")
+    format!(
+        "i=0; until grep -q '{text}' state/interaction_log.jsonl 2>/dev/null; do \
+         i=$((i+1)); [ $i -gt 1500 ] && exit 1; sleep 0.02; done"
+    )
 }
 
 #[test]

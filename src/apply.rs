@@ -210,6 +210,8 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     if !request.resume {
         refuse_leftovers(&plan)?;
     }
+    // The suggestions this plan was judged with (handshake, saved file), for `razar plan`.
+    store.record_suggestions(&plan.suggestions)?;
 
     let mut reporter = Reporter::stdout(Reporter::mode_for(
         request.json,
@@ -242,18 +244,26 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     });
     let mut sinks = exec::event::Fanout(vec![Box::new(recorder), Box::new(reporter)]);
     let result = runtime.block_on(async {
-        // Crown's sinks follow the reporter; its mid-boot revisions reach the scheduler.
-        let launched = store.clone();
+        // Crown's sinks follow the reporter; its mid-boot revisions reach the scheduler. Launch
+        // outcomes and judged mid-boot suggestions go to the store: a failure to record them
+        // is logged, never fatal (the boot goes on; the archive and interaction log have them).
         let mut crown = crown.map(|c| {
+            let launches = store.clone();
+            let judged = store.clone();
             c.start(
                 &plan,
                 Some(Box::new(
                     move |launch: &crate::state::crown::LaunchRecord| {
-                        if launch.outcome == "completed" {
-                            let _ = launched.record_model_launch(&launch.model);
+                        if let Err(err) = launches.record_model_launch(launch) {
+                            tracing::warn!(target: "razar::crown", "cannot record the launch of `{}` in the state: {err}", launch.model);
                         }
                     },
                 )),
+                Some(Box::new(move |outcomes: &[plan::suggest::Outcome]| {
+                    if let Err(err) = judged.record_suggestions(outcomes) {
+                        tracing::warn!(target: "razar::crown", "cannot record Crown's suggestions in the state: {err}");
+                    }
+                })),
             )
         });
         let before_crown = sinks.0.len();

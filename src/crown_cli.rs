@@ -41,13 +41,7 @@ pub fn plan(
     }
     let config_crown = graph.config().crown.as_ref();
     let offline_plan = |options: &Options| {
-        if let Some((at, items)) = session::latest_suggestions(known) {
-            let labels: Vec<String> = items.iter().map(suggest::Suggestion::label).collect();
-            eprintln!(
-                "crown: latest suggestions (handshake at {at}), not applied to this plan: {}",
-                labels.join(", ")
-            );
-        }
+        print_latest(known);
         plan::build(graph, selected, options)
     };
     if crown.offline || (crown.url.is_none() && config_crown.is_none()) {
@@ -94,6 +88,58 @@ pub fn plan(
         rt.block_on(connected.close());
     }
     Ok(plan)
+}
+
+/// Judged suggestions listed by an offline `razar plan` (the latest ones the state keeps).
+const LATEST_SHOWN: usize = 10;
+
+/// Lists the latest Crown suggestions the state recorded — from a handshake, a mid-boot
+/// message or a suggestions file — with their verdict, on stderr. They are not applied to
+/// the plan being built (Crown is not consulted; `--suggestions FILE` feeds them back).
+fn print_latest(known: &razar::state::View) {
+    if !known.suggestions.is_empty() {
+        let skipped = known.suggestions.len().saturating_sub(LATEST_SHOWN);
+        eprintln!(
+            "crown: latest suggestions recorded in the state (not applied to this plan){}:",
+            if skipped > 0 {
+                format!(", {skipped} older not shown")
+            } else {
+                String::new()
+            }
+        );
+        for record in &known.suggestions[skipped..] {
+            let outcome = &record.outcome;
+            let via = match &outcome.source {
+                suggest::Source::Handshake { .. } => "handshake",
+                suggest::Source::Message { .. } => "mid-boot",
+                suggest::Source::File { .. } => "file",
+            };
+            let verdict = if outcome.applied {
+                "applied"
+            } else {
+                "rejected"
+            };
+            let reason = outcome
+                .suggestion
+                .reason
+                .as_deref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default();
+            eprintln!(
+                "  {via:<9} {verdict:<8} {}{reason}: {} ({})",
+                outcome.suggestion.label(),
+                outcome.effect,
+                outcome.source
+            );
+        }
+    } else if let Some((at, items)) = session::latest_suggestions(known) {
+        // A handshake recorded by `razar crown handshake`: its suggestions were never judged.
+        let labels: Vec<String> = items.iter().map(suggest::Suggestion::label).collect();
+        eprintln!(
+            "crown: latest suggestions (handshake at {at}), not applied to this plan: {}",
+            labels.join(", ")
+        );
+    }
 }
 
 /// `razar crown handshake [BRIEF.json]`.

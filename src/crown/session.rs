@@ -898,8 +898,15 @@ impl RunCrown {
         revision.apply(plan);
     }
 
-    /// Starts the link for the run of `plan` (inside the runtime the run uses).
-    pub fn start(self, plan: &Plan, on_launch: Option<crate::state::crown::LaunchHook>) -> Running {
+    /// Starts the link for the run of `plan` (inside the runtime the run uses). `on_launch`
+    /// gets each model launch outcome, `on_judged` each batch of judged mid-boot suggestions
+    /// (e.g. to record them in the state store).
+    pub fn start(
+        self,
+        plan: &Plan,
+        on_launch: Option<crate::state::crown::LaunchHook>,
+        on_judged: Option<JudgedHook>,
+    ) -> Running {
         let mut boot = Boot::start(
             self.settings,
             self.archive.clone(),
@@ -919,7 +926,17 @@ impl RunCrown {
             let archive = self.archive;
             let fixed = self.fixed_parallelism;
             async move {
-                forward_revisions(plan, started, initial, suggestions, tx, archive, fixed).await;
+                forward_revisions(
+                    plan,
+                    started,
+                    initial,
+                    suggestions,
+                    tx,
+                    archive,
+                    fixed,
+                    on_judged,
+                )
+                .await;
             }
         });
         Running {
@@ -951,10 +968,18 @@ impl Running {
     }
 }
 
+/// Called with the outcomes of each batch of suggestions judged during a boot.
+pub type JudgedHook = Box<dyn FnMut(&[crate::plan::suggest::Outcome]) + Send>;
+
 /// Judges each batch of mid-boot suggestions against the steps not yet `started` and sends
-/// the resulting revision to the executor; logs every outcome in `interaction_log.jsonl`.
+/// the resulting revision to the executor; logs every outcome in `interaction_log.jsonl` and
+/// hands it to `on_judged`.
 /// `initial` (advice for a saved plan) goes first. Ends when the suggestions channel closes
 /// (the boot ended) or the executor stops reading.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the run's channels, archive and hook, each handed over once by `RunCrown::start`"
+)]
 pub async fn forward_revisions(
     mut plan: Plan,
     started: Started,
@@ -963,6 +988,7 @@ pub async fn forward_revisions(
     revisions: tokio::sync::mpsc::Sender<crate::exec::Revision>,
     archive: Archive,
     fixed_parallelism: Option<usize>,
+    mut on_judged: Option<JudgedHook>,
 ) {
     let mut pending = (!initial.is_empty()).then_some(initial);
     loop {
@@ -976,6 +1002,9 @@ pub async fn forward_revisions(
         let revision =
             crate::plan::suggest::revise(&plan, &started.snapshot(), &items, fixed_parallelism);
         log_outcomes(&archive, &revision.outcomes);
+        if let Some(hook) = on_judged.as_mut() {
+            hook(&revision.outcomes);
+        }
         // Later suggestions are judged against the plan as revised so far.
         revision.apply(&mut plan);
         if !revision.is_empty() && revisions.send(for_executor(revision)).await.is_err() {
@@ -1257,6 +1286,8 @@ components:
         });
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (rev_tx, mut rev_rx) = tokio::sync::mpsc::channel(4);
+        let judged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = judged.clone();
         let task = tokio::spawn(forward_revisions(
             plan,
             started,
@@ -1265,6 +1296,15 @@ components:
             rev_tx,
             archive.clone(),
             None,
+            Some(Box::new(
+                move |outcomes: &[crate::plan::suggest::Outcome]| {
+                    seen.lock().unwrap().extend(
+                        outcomes
+                            .iter()
+                            .map(|o| (o.suggestion.label(), o.applied, o.source.clone())),
+                    );
+                },
+            )),
         ));
         let item = |action: &str, component: &str| Sourced {
             source: Source::Message { at: "t".to_owned() },
@@ -1285,6 +1325,15 @@ components:
             .collect();
         assert!(log[0].starts_with("applied: skip api"), "{log:?}");
         assert!(log[1].contains("has already started"), "{log:?}");
+        let message = Source::Message { at: "t".to_owned() };
+        assert_eq!(
+            *judged.lock().unwrap(),
+            [
+                ("skip api".to_owned(), true, message.clone()),
+                ("defer vision_adapter".to_owned(), false, message),
+            ],
+            "every judged suggestion reaches the hook with its verdict and provenance"
+        );
     }
 
     #[test]

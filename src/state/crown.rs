@@ -223,8 +223,32 @@ pub struct LaunchRecord {
     pub after_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// How the launch command ended, when it failed after running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<crate::exec::ExitInfo>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+}
+
+impl LaunchRecord {
+    /// `completed in 1.2s`, `failed (exit code 3): …`, `not_run: …`: the outcome in a line.
+    pub fn summary(&self) -> String {
+        let mut text = self.outcome.clone();
+        if let Some(ms) = self.after_ms {
+            text.push_str(&format!(
+                " in {}",
+                crate::duration::display(std::time::Duration::from_millis(ms))
+            ));
+        }
+        if let Some(exit) = &self.exit {
+            text.push_str(&format!(" ({exit})"));
+        }
+        if let Some(detail) = &self.detail {
+            text.push_str(": ");
+            text.push_str(detail);
+        }
+        text
+    }
 }
 
 /// A sink that archives the outcome of each model launch step when the executor reports it,
@@ -264,26 +288,22 @@ impl LaunchRecorder {
         &self.records
     }
 
-    fn record(
-        &mut self,
-        launch: &Launch,
-        time: &str,
-        outcome: &str,
-        after_ms: Option<u64>,
-        detail: Option<String>,
-        log_tail: Vec<String>,
-    ) {
+    /// Archives, logs and hands on one outcome: `ended` says how the step ended (`outcome`
+    /// plus what is known of it); the launch's identity and the time are filled in here.
+    fn record(&mut self, launch: &Launch, time: &str, ended: LaunchRecord) {
         let record = LaunchRecord {
             event: "model_launch".to_owned(),
             model: launch.model.clone(),
             step: launch.step.clone(),
             command: launch.command.clone(),
-            outcome: outcome.to_owned(),
             at: time.to_owned(),
-            after_ms,
-            detail: detail.clone(),
-            log_tail,
+            ..ended
         };
+        let (outcome, after_ms, detail) = (
+            record.outcome.as_str(),
+            record.after_ms,
+            record.detail.clone(),
+        );
         let value = serde_json::to_value(&record).expect("launch records serialise");
         if let Err(err) = self
             .archive
@@ -329,17 +349,23 @@ impl crate::exec::Sink for LaunchRecorder {
                 self.record(
                     &launch,
                     &event.time,
-                    "completed",
-                    Some(*after_ms),
-                    None,
-                    Vec::new(),
+                    LaunchRecord {
+                        after_ms: Some(*after_ms),
+                        ..ended("completed")
+                    },
                 );
             }
             EventKind::AttemptFailed {
-                reason, log_tail, ..
+                reason,
+                exit,
+                log_tail,
+                ..
             }
             | EventKind::Quarantined {
-                reason, log_tail, ..
+                reason,
+                exit,
+                log_tail,
+                ..
             } => {
                 // A launch has one attempt: its failure is final.
                 if self.records.iter().any(|r| r.step == launch.step) {
@@ -348,24 +374,42 @@ impl crate::exec::Sink for LaunchRecorder {
                 self.record(
                     &launch,
                     &event.time,
-                    "failed",
-                    None,
-                    Some(reason.clone()),
-                    log_tail.clone(),
+                    LaunchRecord {
+                        detail: Some(reason.clone()),
+                        exit: *exit,
+                        log_tail: log_tail.clone(),
+                        ..ended("failed")
+                    },
                 );
             }
             EventKind::Blocked { reason, .. } | EventKind::Skipped { reason, .. } => {
                 self.record(
                     &launch,
                     &event.time,
-                    "not_run",
-                    None,
-                    Some(reason.clone()),
-                    Vec::new(),
+                    LaunchRecord {
+                        detail: Some(reason.clone()),
+                        ..ended("not_run")
+                    },
                 );
             }
             _ => {}
         }
+    }
+}
+
+/// A launch record with only its outcome set (`LaunchRecorder::record` fills in the rest).
+fn ended(outcome: &str) -> LaunchRecord {
+    LaunchRecord {
+        event: String::new(),
+        model: String::new(),
+        step: String::new(),
+        command: String::new(),
+        outcome: outcome.to_owned(),
+        at: String::new(),
+        after_ms: None,
+        detail: None,
+        exit: None,
+        log_tail: Vec::new(),
     }
 }
 

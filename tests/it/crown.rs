@@ -971,7 +971,9 @@ fn apply_streams_status_and_reorders_steps_not_yet_started() {
     // Crown answers the first `starting` status with a suggestion to run `b` before `a`.
     let suggestion = r#"{"type":"suggestions","items":[{"action":"prioritize","component":"b","reason":"b feeds the cache"},{"action":"defer","component":"first"}]}"#;
     let crown = FakeCrown::start(vec![vec![
-        Act::Send(ack(json!({}))),
+        Act::Send(ack(
+            json!({"suggestions": [{"action": "skip", "component": "ghost"}]}),
+        )),
         Act::Send(suggestion.to_owned()),
     ]]);
     let dir = tempfile::tempdir().unwrap();
@@ -1034,7 +1036,173 @@ fn apply_streams_status_and_reorders_steps_not_yet_started() {
             "a:completed"
         ],
     );
+    // Every judged suggestion is in the state with its provenance and verdict …
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/razar_state.json")).unwrap())
+            .unwrap();
+    let stored: Vec<(String, String, bool)> = state["suggestions"]
+        .as_array()
+        .expect("suggestions in razar_state.json")
+        .iter()
+        .map(|s| {
+            (
+                s["source"]["via"].as_str().unwrap().to_owned(),
+                format!(
+                    "{} {}",
+                    s["suggestion"]["action"], s["suggestion"]["component"]
+                ),
+                s["applied"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            (
+                "handshake".to_owned(),
+                r#""skip" "ghost""#.to_owned(),
+                false
+            ),
+            ("message".to_owned(), r#""prioritize" "b""#.to_owned(), true),
+            ("message".to_owned(), r#""defer" "first""#.to_owned(), false),
+        ],
+        "{state:#}"
+    );
+    assert!(
+        state["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "suggestion" && e["component"] == "b"),
+        "{state:#}"
+    );
+    // … and an offline `razar plan` lists them from the database, whichever way they came.
+    let planned = run(razar(dir.path())
+        .args(["plan", "--offline", "-c"])
+        .arg(&config));
+    assert_eq!(planned.code, Some(0), "{}", planned.stderr);
+    let listed: Vec<&str> = planned
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(listed.len(), 3, "{}", planned.stderr);
+    assert!(
+        listed[0].contains("handshake")
+            && listed[0].contains("rejected")
+            && listed[0].contains("skip ghost")
+            && listed[0].contains("unknown component"),
+        "{}",
+        planned.stderr
+    );
+    assert!(
+        listed[1].contains("mid-boot")
+            && listed[1].contains("applied")
+            && listed[1].contains("prioritize b — b feeds the cache"),
+        "{}",
+        planned.stderr
+    );
+    assert!(
+        listed[2].contains("mid-boot")
+            && listed[2].contains("rejected")
+            && listed[2].contains("already started"),
+        "{}",
+        planned.stderr
+    );
     assert_token_absent(dir.path(), &[&ran]);
+}
+
+#[test]
+fn suggestions_from_a_file_in_a_saved_plan_are_recorded_when_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tasks_config(dir.path(), "", &[("a", "true"), ("b", "true")]);
+    std::fs::write(
+        dir.path().join("advice.json"),
+        r#"{"type": "suggestions", "items": [
+             {"action": "prioritize", "component": "b", "reason": "warm first"},
+             {"action": "add", "component": "c"}
+           ]}"#,
+    )
+    .unwrap();
+    let saved = run(razar(dir.path())
+        .args([
+            "plan",
+            "--suggestions",
+            "advice.json",
+            "-o",
+            "plan.json",
+            "-c",
+        ])
+        .arg(&config));
+    assert_eq!(saved.code, Some(0), "{}", saved.stderr);
+    let ran = run(razar(dir.path()).args(["apply", "--until-ready", "--json", "plan.json"]));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(spawn_order(&ran), ["b", "a"], "{}", ran.stdout);
+    let planned = run(razar(dir.path()).args(["plan", "-c"]).arg(&config));
+    assert_eq!(planned.code, Some(0), "{}", planned.stderr);
+    let listed: Vec<&str> = planned
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(listed.len(), 2, "{}", planned.stderr);
+    assert!(
+        listed[0].contains("file")
+            && listed[0].contains("applied")
+            && listed[0].contains("prioritize b — warm first")
+            && listed[0].contains("advice.json"),
+        "{}",
+        planned.stderr
+    );
+    assert!(
+        listed[1].contains("rejected") && listed[1].contains("tries to add a component"),
+        "{}",
+        planned.stderr
+    );
+}
+
+#[test]
+fn apply_records_a_failed_model_launch_with_its_exit_status() {
+    let crown = FakeCrown::start(vec![vec![Act::Send(ack(json!({})))]]);
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "crown:\n  url: {}\n  models:\n    - {{capability: GLM4V, launch: [sh, -c, 'echo no gpu >&2; exit 3']}}",
+        crown.url()
+    );
+    let config = tasks_config(dir.path(), &section, &[("a", "true")]);
+    let ran = run(razar(dir.path())
+        .args(["apply", "--until-ready", "--json", "-c"])
+        .arg(&config));
+    // A failed launch does not hold the boot, but the run reports the failure.
+    assert!(
+        spawn_order(&ran).contains(&"a".to_owned()),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/razar_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["launched_models"], json!([]), "{state:#}");
+    let launches = state["model_launches"].as_array().expect("model_launches");
+    assert_eq!(launches.len(), 1, "{state:#}");
+    assert_eq!(launches[0]["model"], "GLM4V");
+    assert_eq!(launches[0]["outcome"], "failed");
+    assert_eq!(launches[0]["exit"], json!({"code": 3, "signal": null}));
+    let note = state["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "model_launch")
+        .expect("a model_launch event");
+    assert_eq!(note["model"], "GLM4V");
+    assert!(
+        note["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed (exit code 3)"),
+        "{note:#}"
+    );
 }
 
 #[test]
@@ -1146,6 +1314,18 @@ fn apply_launches_a_missing_model_first_and_skips_components_under_downtime() {
             .unwrap();
     assert_eq!(state["handshake"]["acknowledgement"], "ok", "{state:#}");
     assert_eq!(state["launched_models"], json!(["GLM4V"]), "{state:#}");
+    assert_eq!(
+        state["model_launches"][0]["outcome"], "completed",
+        "{state:#}"
+    );
+    assert!(
+        state["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "model_launch" && e["model"] == "GLM4V"),
+        "{state:#}"
+    );
 }
 
 #[test]

@@ -4,15 +4,19 @@
 //! from the configuration with the store's quarantine exclusions and history weights, or read
 //! from a saved plan file and refused when stale), checks it, and runs it on a tokio runtime
 //! with the event sinks in their required order (the store's recorder first, then the
-//! reporter) and the signal listener feeding the run's [`Shutdown`]. `down` stops a stack from
-//! another terminal. Neither prints anything itself except through `report`, nor decides exit
-//! codes (the binary does, in one place).
+//! reporter, then Crown's) and the signal listener feeding the run's [`Shutdown`]. With a
+//! `crown:` section, Crown is consulted before the plan is built (`crown::session`) and the
+//! link is kept for the run: status stream, mid-boot revisions, model launch records. `down`
+//! stops a stack from another terminal. Neither prints anything itself except through
+//! `report` (and Crown's verdict, on stderr before the boot, so `--json` output stays pure),
+//! nor decides exit codes (the binary does, in one place).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
+use crate::crown::{self, session::RunCrown};
 use crate::error::Error;
 use crate::exec::{self, CancelReason, Outcome, PriorStatus, Shutdown};
 use crate::plan::{self, Plan};
@@ -112,7 +116,14 @@ pub fn load_saved_plan(path: &Path) -> Result<Plan, Error> {
 /// Builds the plan `apply` runs when no plan file is given: quarantined components are left
 /// out and history weighs the rest. Opens (and locks) the state directory only once the
 /// configuration is known to be valid, so bad input never writes state.
-fn build_plan(request: &ApplyRequest) -> Result<(Plan, Store), Error> {
+///
+/// With a `crown:` section, Crown is consulted first (`crown::session::plan_for_run`): the
+/// brief carries the store's status and quarantine, the reply is recorded in the store, and
+/// its downtime, suggestions and missing models shape the plan.
+fn build_plan(
+    request: &ApplyRequest,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(Plan, Store, Option<RunCrown>), Error> {
     let graph = crate::graph::load(&request.files)?;
     let selected = graph.select(&request.targets)?;
     let store = Store::open(&graph.config().state_dir)?;
@@ -125,7 +136,41 @@ fn build_plan(request: &ApplyRequest) -> Result<(Plan, Store), Error> {
         &store.explored(),
         store.exclusions(),
     );
-    Ok((plan::build(&graph, &selected, &options), store))
+    let (status, open_issues) = crown::session::known(&store.view());
+    let mut recorded = Ok(());
+    let (plan, crown) = runtime.block_on(crown::session::plan_for_run(
+        &graph,
+        &selected,
+        options,
+        &status,
+        open_issues,
+        &mut |record| recorded = store.record_handshake(record),
+    ))?;
+    recorded?;
+    Ok((plan, store, crown))
+}
+
+/// Crown for a saved plan: consulted like for a fresh plan; its downtime and suggestions are
+/// adopted as a revision before anything starts (a saved plan gains no steps).
+fn saved_plan_crown(
+    plan: &Plan,
+    store: &Store,
+    request: &ApplyRequest,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Option<RunCrown>, Error> {
+    let config = crate::config::load(&plan.sources)?;
+    let (status, open_issues) = crown::session::known(&store.view());
+    let mut recorded = Ok(());
+    let crown = runtime.block_on(crown::session::saved_plan_crown(
+        plan,
+        &config,
+        &status,
+        open_issues,
+        request.parallelism,
+        &mut |record| recorded = store.record_handshake(record),
+    ))?;
+    recorded?;
+    Ok(crown)
 }
 
 /// A run id: the UTC start time and razar's pid, e.g. `20250102T030405.678Z-4242`.
@@ -139,16 +184,25 @@ pub fn new_run_id() -> String {
 
 /// `razar apply`: boots the plan, supervises it, stops it; returns how the run ended.
 pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
-    let (mut plan, store) = match &request.plan_file {
+    let runtime = runtime()?;
+    let (mut plan, store, mut crown) = match &request.plan_file {
         Some(path) => {
             let plan = load_saved_plan(path)?;
             // A broken plan file is refused before the state directory is touched.
             check(&plan)?;
             let store = Store::open(&plan.state_dir)?;
-            (plan, store)
+            let crown = saved_plan_crown(&plan, &store, &request, &runtime)?;
+            (plan, store, crown)
         }
-        None => build_plan(&request)?,
+        None => build_plan(&request, &runtime)?,
     };
+    // Crown's verdict (online or offline, downtime, launches) before the boot's first line.
+    for line in crown.iter().flat_map(|c| &c.report) {
+        eprintln!("{line}");
+    }
+    if let Some(crown) = crown.as_mut() {
+        crown.adopt_initial(&mut plan);
+    }
     if let Some(parallelism) = request.parallelism {
         plan.parallelism = parallelism;
     }
@@ -156,6 +210,8 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     if !request.resume {
         refuse_leftovers(&plan)?;
     }
+    // The suggestions this plan was judged with (handshake, saved file), for `razar plan`.
+    store.record_suggestions(&plan.suggestions)?;
 
     let mut reporter = Reporter::stdout(Reporter::mode_for(
         request.json,
@@ -187,15 +243,46 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
         move |_| shutdown.request(CancelReason::Signal)
     });
     let mut sinks = exec::event::Fanout(vec![Box::new(recorder), Box::new(reporter)]);
-    let runtime = runtime()?;
     let result = runtime.block_on(async {
+        // Crown's sinks follow the reporter; its mid-boot revisions reach the scheduler. Launch
+        // outcomes and judged mid-boot suggestions go to the store: a failure to record them
+        // is logged, never fatal (the boot goes on; the archive and interaction log have them).
+        let mut crown = crown.map(|c| {
+            let launches = store.clone();
+            let judged = store.clone();
+            c.start(
+                &plan,
+                Some(Box::new(
+                    move |launch: &crate::state::crown::LaunchRecord| {
+                        if let Err(err) = launches.record_model_launch(launch) {
+                            tracing::warn!(target: "razar::crown", "cannot record the launch of `{}` in the state: {err}", launch.model);
+                        }
+                    },
+                )),
+                Some(Box::new(move |outcomes: &[plan::suggest::Outcome]| {
+                    if let Err(err) = judged.record_suggestions(outcomes) {
+                        tracing::warn!(target: "razar::crown", "cannot record Crown's suggestions in the state: {err}");
+                    }
+                })),
+            )
+        });
+        let before_crown = sinks.0.len();
+        if let Some(crown) = crown.as_mut() {
+            sinks.0.extend(crown.sinks());
+            options.revisions = crown.revisions();
+        }
         let listener = exec::signal::Listener::install()?;
-        tokio::select! {
+        let result = tokio::select! {
             result = exec::run(&plan, options, shutdown.clone(), &mut sinks) => {
                 Ok::<_, std::io::Error>(result)
             }
             never = listener.listen(shutdown.clone()) => match never {},
+        };
+        sinks.0.truncate(before_crown);
+        if let Some(crown) = crown {
+            crown.finish().await;
         }
+        result
     });
     // The reporter finishes its last line when dropped.
     drop(sinks);

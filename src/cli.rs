@@ -11,6 +11,8 @@ Exit codes:
   0    success
   1    a component failed or was quarantined (or razar could not write its files)
   2    bad input or usage: every problem is printed, nothing is started or written
+  3    Crown is required (`crown.required: true`) but unreachable, or refused the handshake:
+       nothing was started
   130  interrupted (a signal or `razar down` before the boot finished)";
 
 #[derive(Debug, Parser)]
@@ -66,6 +68,22 @@ pub enum Command {
         parallelism: Option<u32>,
         #[command(flatten)]
         planning: PlanningArgs,
+        /// Merge the Crown suggestions in this file (`{"type": "suggestions", "items": […]}`),
+        /// after any Crown sends: works offline.
+        #[arg(long, value_name = "FILE")]
+        suggestions: Option<PathBuf>,
+        /// Exchange the mission brief with the Crown at this URL first (overrides `crown.url`)
+        /// and plan with its downtime, suggestions and missing models.
+        #[arg(long, value_name = "URL", conflicts_with = "offline")]
+        crown: Option<String>,
+        /// Do not contact Crown, even when the config has a `crown:` section.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Talk to Crown outside a boot (see docs/crown-protocol.md).
+    Crown {
+        #[command(subcommand)]
+        command: CrownCommand,
     },
     /// Boot the stack in dependency order, then supervise it until Ctrl-C or `razar down`.
     ///
@@ -274,6 +292,30 @@ pub enum QuarantineAction {
         /// What was fixed, recorded in quarantine_log.md.
         #[arg(long, value_name = "TEXT")]
         note: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CrownCommand {
+    /// Exchange a mission brief with Crown, print its reply and archive both in
+    /// `<state_dir>/mission_briefs/`.
+    #[command(after_help = EXIT_CODES)]
+    Handshake {
+        /// The brief to send (ABZU's mission brief: priority_map, current_status,
+        /// open_issues). Default: built from the config.
+        #[arg(value_name = "BRIEF.json")]
+        brief: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Crown's WebSocket URL (default: `crown.url`, else CROWN_WS_URL).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Where to archive the exchange (default: the config's state_dir, else ./.razar).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Print the handshake record as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -19,6 +19,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Crown is `required` but could not be reached (or refused the handshake).
+    #[error("{0}")]
+    CrownUnavailable(String),
     /// The state directory (database, lock, state files) cannot be used.
     #[error(transparent)]
     State(#[from] crate::state::StateError),

@@ -76,6 +76,7 @@ pub fn options(
         } else {
             None
         },
+        suggestions: Vec::new(),
     }
 }
 

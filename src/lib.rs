@@ -9,6 +9,7 @@ pub mod apply;
 pub mod bench;
 pub mod classify;
 pub mod config;
+pub mod crown;
 pub mod diag;
 pub mod duration;
 pub mod error;

@@ -12,6 +12,7 @@ use razar::exec::Outcome;
 use razar::plan;
 
 mod cli;
+mod crown_cli;
 mod state_cmd;
 
 // Loading and planning a large stack makes millions of small allocations (names, argv
@@ -33,7 +34,7 @@ fn tune_allocator() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 50) };
 }
 
-use cli::{Cli, Command, ConfigArgs, PlanFormat};
+use cli::{Cli, Command, ConfigArgs, CrownCommand, PlanFormat};
 
 fn main() -> ExitCode {
     tune_allocator();
@@ -44,7 +45,14 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RAZAR_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("RAZAR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn"))
+        // tungstenite traces the raw upgrade request, Crown's bearer token included: never log it.
+        .add_directive(
+            "tungstenite::handshake::client=off"
+                .parse()
+                .expect("a valid static directive"),
+        );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -64,6 +72,10 @@ fn exit_for(result: Result<Outcome, Error>) -> ExitCode {
         Err(Error::Usage(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
+        }
+        Err(Error::CrownUnavailable(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(3)
         }
         Err(Error::State(err)) if err.is_usage() => {
             eprintln!("error: {err}");
@@ -137,6 +149,9 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
             out,
             parallelism,
             planning,
+            suggestions,
+            crown,
+            offline,
         } => {
             let graph = load_graph(&config)?;
             let selected = graph.select(&targets)?;
@@ -152,7 +167,12 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
                 &known.explored,
                 known.exclusions(),
             );
-            let plan = plan::build(&graph, &selected, &options);
+            let crown = crown_cli::PlanCrown {
+                suggestions,
+                url: crown,
+                offline,
+            };
+            let plan = crown_cli::plan(&graph, &selected, options, crown, &known)?;
             // Paths in plan files are relative to the directory the plan is made in.
             let base = std::env::current_dir().map_err(|source| Error::Read {
                 path: PathBuf::from("."),
@@ -179,6 +199,24 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
             // The process ends here: for a 100k-component plan, freeing every allocation
             // takes longer than the OS takes to reclaim the pages.
             std::mem::forget((plan, graph));
+        }
+        Command::Crown {
+            command:
+                CrownCommand::Handshake {
+                    brief,
+                    config,
+                    url,
+                    state_dir,
+                    json,
+                },
+        } => {
+            // A config is optional here: a brief file and a URL are enough.
+            let graph = match config_paths(&config) {
+                Ok(paths) => Some(razar::graph::load(&paths)?),
+                Err(_) if brief.is_some() => None,
+                Err(err) => return Err(err),
+            };
+            crown_cli::handshake(brief, graph, url, state_dir, json)?;
         }
         Command::Apply {
             config,

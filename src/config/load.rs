@@ -76,30 +76,9 @@ pub fn default_stop() -> Stop {
 /// A problem at a component's declaration (for checks made after loading, e.g. in `graph`),
 /// optionally at a field below it (`"/depends_on"`; `"/a|/b"` tries `/a`, then `/b`).
 pub fn problem_at(config: &Config, origin: &Origin, field: &str, message: String) -> Problem {
-    let Some(source) = config.sources.iter().find(|s| s.path == origin.file) else {
-        return Problem::file(&origin.file, message);
-    };
-    match (&origin.pointer, origin.line) {
-        (Some(pointer), _) => {
-            let candidates: Vec<String> =
-                field.split('|').map(|f| format!("{pointer}{f}")).collect();
-            let chosen = candidates
-                .iter()
-                .find(|c| source.locator.exists(c))
-                .unwrap_or(&candidates[0]);
-            source
-                .locator
-                .problem(&source.path, &source.text, chosen, message)
-        }
-        (None, Some(line)) => {
-            let line_len = source
-                .text
-                .lines()
-                .nth(line.saturating_sub(1))
-                .map_or(1, str::len);
-            Problem::at(&source.path, &source.text, line, 1, line_len, message)
-        }
-        (None, None) => Problem::file(&source.path, message),
+    match config.sources.iter().find(|s| s.path == origin.file) {
+        Some(source) => problem_in(source, origin, field, message),
+        None => Problem::file(&origin.file, message),
     }
 }
 
@@ -716,21 +695,28 @@ fn absolutize(base: &Path, path: &Path) -> PathBuf {
     clean
 }
 
+/// A problem at a declaration of `source`, at `field` below it when that exists there
+/// (`"/a|/b"` tries `/a`, then `/b`), else at the declaration itself.
 fn problem_in(source: &SourceFile, origin: &Origin, field: &str, message: String) -> Problem {
     match (&origin.pointer, origin.line) {
-        (Some(pointer), _) => source.locator.problem(
-            &source.path,
-            &source.text,
-            &format!("{pointer}{field}"),
-            message,
-        ),
+        (Some(pointer), _) => {
+            let candidates: Vec<String> =
+                field.split('|').map(|f| format!("{pointer}{f}")).collect();
+            let chosen = candidates
+                .iter()
+                .find(|c| source.locator.exists(c))
+                .unwrap_or(&candidates[0]);
+            source
+                .locator
+                .problem(&source.path, &source.text, chosen, message)
+        }
         (None, Some(line)) => {
-            let len = source
+            let line_len = source
                 .text
                 .lines()
                 .nth(line.saturating_sub(1))
                 .map_or(1, str::len);
-            Problem::at(&source.path, &source.text, line, 1, len, message)
+            Problem::at(&source.path, &source.text, line, 1, line_len, message)
         }
         (None, None) => Problem::file(&source.path, message),
     }

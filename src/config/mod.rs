@@ -20,7 +20,7 @@ pub mod locate;
 pub mod native;
 mod schema;
 
-pub use load::{SourceFile, load, load_partial, problem_at};
+pub use load::{SourceFile, default_restart, default_stop, load, load_partial, problem_at};
 
 /// A component name: `[A-Za-z0-9_.-]{1,64}`, because names become file names.
 pub fn valid_name(name: &str) -> bool {

@@ -93,6 +93,7 @@ fn plan(dir: &Path, parallelism: usize, steps: Vec<Step>) -> Plan {
             lower_bound_ms: 0,
         },
         explored: None,
+        suggestions: Vec::new(),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod explore;
 mod order;
 mod render;
 pub mod simulate;
+pub mod suggest;
 
 pub use order::Strategy;
 pub use render::{render_gantt_mermaid, render_text};
@@ -56,6 +57,9 @@ pub struct Plan {
     /// the critical-path schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explored: Option<Explored>,
+    /// Crown suggestions considered for this plan, applied or rejected, with provenance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<suggest::Outcome>,
 }
 
 /// One component in the plan, with everything the executor needs to run it.
@@ -246,6 +250,8 @@ pub struct Options {
     /// A start order (component names) an earlier search stored for this configuration;
     /// the `explore` strategy uses it when it predicts no worse than the critical path.
     pub explored: Option<Vec<String>>,
+    /// Crown suggestions to merge, in the order received (see [`suggest`]).
+    pub suggestions: Vec<suggest::Sourced>,
 }
 
 impl Default for Options {
@@ -259,6 +265,7 @@ impl Default for Options {
             failures: BTreeMap::new(),
             flaky_threshold: DEFAULT_FLAKY_THRESHOLD,
             explored: None,
+            suggestions: Vec::new(),
         }
     }
 }
@@ -277,6 +284,9 @@ pub fn default_strategy(has_history: bool, has_explored: bool) -> Strategy {
 ///
 /// `selected` must be closed under dependencies (as [`Graph::select`] returns it).
 pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Plan {
+    if !options.suggestions.is_empty() {
+        return suggest::build(graph, selected, options);
+    }
     let config = graph.config();
     let components = graph.components();
     let n = components.len();
@@ -473,6 +483,7 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
             lower_bound_ms,
         },
         explored: ordered.explored,
+        suggestions: Vec::new(),
     }
 }
 
@@ -532,6 +543,7 @@ impl Plan {
             excluded,
             timeline,
             explored,
+            suggestions,
         } = self;
         let relative = |path: &Path| -> PathBuf {
             match path.strip_prefix(base) {
@@ -597,6 +609,10 @@ impl Plan {
             b"\n  ],\n"
         })?;
         field(out, "excluded", excluded)?;
+        // Only plans Crown shaped carry the field: other plans stay byte-identical.
+        if !suggestions.is_empty() {
+            field(out, "suggestions", suggestions)?;
+        }
         write!(out, "  \"timeline\": ")?;
         serde_json::to_writer(&mut *out, timeline).map_err(std::io::Error::other)?;
         if let Some(explored) = explored {

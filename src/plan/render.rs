@@ -86,6 +86,7 @@ pub fn render_text(plan: &Plan, gantt: bool) -> String {
             excluded.name, excluded.reason
         );
     }
+    out.push_str(&super::suggest::render(plan));
     let t = &plan.timeline;
     let blocked = plan.steps.iter().filter(|s| s.blocked.is_some()).count();
     let _ = writeln!(

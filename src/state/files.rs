@@ -32,6 +32,12 @@ pub(crate) struct Snapshot {
     pub capabilities: Vec<String>,
     pub downtime: serde_json::Map<String, serde_json::Value>,
     pub launched_models: Vec<String>,
+    /// Every model launch with its outcome (absent from files of older razars).
+    #[serde(default)]
+    pub model_launches: Vec<super::crown::LaunchRecord>,
+    /// The latest judged Crown suggestions (absent from files of older razars).
+    #[serde(default)]
+    pub suggestions: Vec<super::SuggestionRecord>,
     pub handshake: CrownRecord,
     pub components: BTreeMap<String, ComponentRecord>,
     pub quarantine: BTreeMap<String, QuarantineRecord>,

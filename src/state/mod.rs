@@ -15,10 +15,13 @@
 //! <state_dir>/razar_state.json    snapshot, schemas/razar_state.schema.json
 //! <state_dir>/quarantine/<name>.json, quarantine_log.md
 //! <state_dir>/logs/<name>.log     component output (written by the executor)
+//! <state_dir>/mission_briefs/     Crown handshakes and model launches; interaction_log.jsonl
+//!                                 one line per Crown exchange (both written by `crown`)
 //! ```
 
 use std::path::{Path, PathBuf};
 
+pub mod crown;
 mod db;
 mod files;
 mod history;
@@ -36,7 +39,7 @@ pub use lock::{Holder, holder};
 pub use proc::{process_alive, process_uptime, start_time};
 pub use record::{
     BootSummary, ComponentRecord, CrownRecord, EventNote, ExploredOrder, Phase, ProbeResult,
-    QuarantineRecord, RunRecord, Status,
+    QuarantineRecord, RunRecord, Status, SuggestionRecord,
 };
 pub use store::{Recorder, Store};
 pub use view::{Source, View, read};
@@ -50,6 +53,12 @@ pub const HISTORY_LIMIT: usize = 100;
 
 /// Explored orders kept (the oldest found is dropped beyond this).
 pub const EXPLORED_LIMIT: usize = 32;
+
+/// Judged Crown suggestions kept (the oldest is dropped beyond this).
+pub const SUGGESTIONS_KEPT: usize = 50;
+
+/// Model launch outcomes kept (the oldest is dropped beyond this).
+pub const MODEL_LAUNCHES_KEPT: usize = 20;
 
 /// Log lines kept in a quarantine record.
 pub const LOG_TAIL_LIMIT: usize = 50;

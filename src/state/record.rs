@@ -274,3 +274,14 @@ impl ExploredOrder {
         format!("{config_hash}:{parallelism}:{}", targets.join(","))
     }
 }
+
+/// A Crown suggestion razar judged, as the store keeps it (`razar plan` lists the latest):
+/// where it came from (handshake, mid-boot message or file), whether it was applied and
+/// what it changed or why it was rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuggestionRecord {
+    /// When razar judged it (RFC 3339 UTC).
+    pub recorded_at: String,
+    #[serde(flatten)]
+    pub outcome: crate::plan::suggest::Outcome,
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::crown::LaunchRecord;
 use super::db::{Batch, Db, Tree};
 use super::files::{self, ApplyInfo, Existing, Snapshot};
 use super::history::{Outcome as SampleOutcome, Ring, Sample};
@@ -21,13 +22,15 @@ use super::lock::ApplyLock;
 use super::view::{self, Loaded};
 use super::{
     BootSummary, ComponentRecord, CrownRecord, EXPLORED_LIMIT, EventNote, ExploredOrder,
-    HistoryStats, LOG_TAIL_LIMIT, Paths, Phase, ProbeResult, QuarantineRecord, RunRecord,
-    STATE_FORMAT, StateError, Status, View, now, proc,
+    HistoryStats, LOG_TAIL_LIMIT, MODEL_LAUNCHES_KEPT, Paths, Phase, ProbeResult, QuarantineRecord,
+    RunRecord, STATE_FORMAT, SUGGESTIONS_KEPT, StateError, Status, SuggestionRecord, View, now,
+    proc,
 };
 use crate::classify;
 use crate::config::Kind;
 use crate::exec::{Event, EventKind, Prior, PriorStatus, Sink};
 use crate::plan::Plan;
+use crate::plan::suggest::Outcome as SuggestionOutcome;
 
 /// Shortest time between two background rewrites of `razar_state.json` (longer when a
 /// rewrite itself takes long, see `run_writer`).
@@ -108,6 +111,8 @@ impl Board {
             capabilities: l.crown.capabilities.clone(),
             downtime: l.crown.downtime.clone(),
             launched_models: l.launched_models.clone(),
+            model_launches: l.model_launches.clone(),
+            suggestions: l.suggestions.clone(),
             handshake: l.crown.clone(),
             components: l.components.clone(),
             quarantine: l.quarantine.clone(),
@@ -487,20 +492,75 @@ impl Store {
         Ok(())
     }
 
-    /// Records that razar launched a model Crown did not advertise (ABZU's
-    /// `launched_models` and a `model_launched` event).
-    pub fn record_model_launch(&self, model: &str) -> Result<(), StateError> {
+    /// Records a model launch with its outcome (a `model_launch` event, and the record kept
+    /// under `model_launches`); a completed one also joins ABZU's `launched_models`.
+    pub fn record_model_launch(&self, launch: &LaunchRecord) -> Result<(), StateError> {
         let mut live = lock(&self.shared.board.live);
-        if !live.loaded.launched_models.iter().any(|m| m == model) {
-            live.loaded.launched_models.push(model.to_owned());
+        let mut launches = live.loaded.model_launches.clone();
+        launches.push(launch.clone());
+        let excess = launches.len().saturating_sub(MODEL_LAUNCHES_KEPT);
+        launches.drain(..excess);
+        let mut models = live.loaded.launched_models.clone();
+        if launch.outcome == "completed" && !models.contains(&launch.model) {
+            models.push(launch.model.clone());
         }
         let mut batch = Batch::default();
-        batch.put(Tree::Meta, b"launched_models", &live.loaded.launched_models);
+        batch.put(Tree::Meta, b"model_launches", &launches);
+        batch.put(Tree::Meta, b"launched_models", &models);
         self.shared.db.commit(batch)?;
-        let at = now();
-        push_note(&mut live, "model_launched", &at, None, None);
+        live.loaded.model_launches = launches;
+        live.loaded.launched_models = models;
+        push_note(
+            &mut live,
+            "model_launch",
+            &launch.at,
+            None,
+            Some(launch.summary()),
+        );
         if let Some(note) = live.events.back_mut() {
-            note.model = Some(model.to_owned());
+            note.model = Some(launch.model.clone());
+        }
+        self.bump(live);
+        Ok(())
+    }
+
+    /// Records judged Crown suggestions with their provenance and verdict, keeping the latest
+    /// [`SUGGESTIONS_KEPT`]; each also becomes a `suggestion` event.
+    pub fn record_suggestions(&self, outcomes: &[SuggestionOutcome]) -> Result<(), StateError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let at = now();
+        let mut live = lock(&self.shared.board.live);
+        let mut kept = live.loaded.suggestions.clone();
+        kept.extend(outcomes.iter().map(|outcome| SuggestionRecord {
+            recorded_at: at.clone(),
+            outcome: outcome.clone(),
+        }));
+        let excess = kept.len().saturating_sub(SUGGESTIONS_KEPT);
+        kept.drain(..excess);
+        let mut batch = Batch::default();
+        batch.put(Tree::Meta, b"suggestions", &kept);
+        self.shared.db.commit(batch)?;
+        live.loaded.suggestions = kept;
+        for outcome in outcomes {
+            let verdict = if outcome.applied {
+                "applied"
+            } else {
+                "rejected"
+            };
+            push_note(
+                &mut live,
+                "suggestion",
+                &at,
+                outcome.suggestion.component.as_deref(),
+                Some(format!(
+                    "{verdict}: {} — {} ({})",
+                    outcome.suggestion.label(),
+                    outcome.effect,
+                    outcome.source
+                )),
+            );
         }
         self.bump(live);
         Ok(())

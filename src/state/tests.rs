@@ -666,7 +666,30 @@ fn abzu_state_keys_are_carried_over() {
             "mission_brief": "2025-09-02T12-00-00.000Z",
         }))
         .expect("record handshake");
-    store.record_model_launch("GLM4V").expect("record launch");
+    let launch = |model: &str, outcome: &str, exit: Option<crate::exec::ExitInfo>| {
+        crate::state::crown::LaunchRecord {
+            event: "model_launch".to_owned(),
+            model: model.to_owned(),
+            step: format!("crown-model.{model}"),
+            command: "sh launch.sh".to_owned(),
+            outcome: outcome.to_owned(),
+            at: "2025-09-02T12:00:01.000Z".to_owned(),
+            after_ms: (outcome == "completed").then_some(1200),
+            detail: (outcome == "failed").then(|| "exited with code 3".to_owned()),
+            exit,
+            log_tail: Vec::new(),
+        }
+    };
+    store
+        .record_model_launch(&launch("GLM4V", "completed", None))
+        .expect("record launch");
+    let failed = crate::exec::ExitInfo {
+        code: Some(3),
+        signal: None,
+    };
+    store
+        .record_model_launch(&launch("Whisper", "failed", Some(failed)))
+        .expect("record launch");
     store.sync().expect("sync");
     let value = state_json(dir);
     validate(STATE_SCHEMA, &value);
@@ -679,7 +702,13 @@ fn abzu_state_keys_are_carried_over() {
         "2025-09-02T12-00-00.000Z"
     );
     assert_eq!(value["handshake"]["suggestions"][0]["component"], "api");
+    // Only the successful launch is one of ABZU's launched models; both are recorded.
     assert_eq!(value["launched_models"], serde_json::json!(["GLM4V"]));
+    assert_eq!(value["model_launches"][1]["outcome"], "failed");
+    assert_eq!(value["model_launches"][1]["exit"]["code"], 3);
+    let view = store.view();
+    assert_eq!(view.model_launches.len(), 2);
+    assert_eq!(view.model_launches[1].exit, Some(failed));
     // An offline handshake: no acknowledgement, the reason kept.
     store
         .record_handshake(&serde_json::json!({
@@ -696,7 +725,13 @@ fn abzu_state_keys_are_carried_over() {
     assert!(
         events
             .iter()
-            .any(|e| e["event"] == "model_launched" && e["model"] == "GLM4V"),
+            .any(|e| e["event"] == "model_launch" && e["model"] == "GLM4V"),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "model_launch"
+            && e["model"] == "Whisper"
+            && e["detail"] == "failed (exit code 3): exited with code 3"),
         "{events:#?}"
     );
     assert_eq!(events.last().map(|e| &e["detail"]), Some(&"offline".into()));

@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::crown::LaunchRecord;
 use super::db::{Db, OpenError, Tree};
 use super::files::{self, Existing};
 use super::history::Ring;
 use super::lock::{self, Holder};
 use super::{
     ComponentRecord, CrownRecord, ExploredOrder, HistoryStats, Paths, QuarantineRecord, RunRecord,
-    STATE_FORMAT, StateError,
+    STATE_FORMAT, StateError, SuggestionRecord,
 };
 
 /// How long a reader retries a busy database while no apply holds the state directory.
@@ -30,6 +31,10 @@ pub(crate) struct Loaded {
     pub history: BTreeMap<String, HistoryStats>,
     pub crown: CrownRecord,
     pub launched_models: Vec<String>,
+    /// Every model launch with its outcome, oldest first.
+    pub model_launches: Vec<LaunchRecord>,
+    /// The latest judged Crown suggestions, oldest first.
+    pub suggestions: Vec<SuggestionRecord>,
     pub last_component: String,
     /// Best start orders found by `explore`, by [`ExploredOrder::key`] (database only: the
     /// snapshot an apply keeps current does not carry them).
@@ -69,6 +74,8 @@ pub(crate) fn load(db: &Db) -> Result<Loaded, StateError> {
         history,
         crown: db.get(Tree::Meta, b"crown")?.unwrap_or_default(),
         launched_models: db.get(Tree::Meta, b"launched_models")?.unwrap_or_default(),
+        model_launches: db.get(Tree::Meta, b"model_launches")?.unwrap_or_default(),
+        suggestions: db.get(Tree::Meta, b"suggestions")?.unwrap_or_default(),
         last_component: db.get(Tree::Meta, b"last_component")?.unwrap_or_default(),
         explored: db.get(Tree::Meta, b"explored")?.unwrap_or_default(),
     })
@@ -98,6 +105,10 @@ pub struct View {
     pub history: BTreeMap<String, HistoryStats>,
     pub crown: CrownRecord,
     pub launched_models: Vec<String>,
+    /// Every model launch with its outcome (the latest [`super::MODEL_LAUNCHES_KEPT`]), oldest first.
+    pub model_launches: Vec<LaunchRecord>,
+    /// The latest judged Crown suggestions (at most [`super::SUGGESTIONS_KEPT`]), oldest first.
+    pub suggestions: Vec<SuggestionRecord>,
     pub last_component: String,
     /// Best start orders found by `explore`, by [`ExploredOrder::key`].
     pub explored: BTreeMap<String, ExploredOrder>,
@@ -120,6 +131,8 @@ impl View {
             history: loaded.history,
             crown: loaded.crown,
             launched_models: loaded.launched_models,
+            model_launches: loaded.model_launches,
+            suggestions: loaded.suggestions,
             last_component: loaded.last_component,
             explored: loaded.explored,
         }
@@ -239,6 +252,8 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
                 history: snapshot.history,
                 crown: snapshot.handshake,
                 launched_models: snapshot.launched_models,
+                model_launches: snapshot.model_launches,
+                suggestions: snapshot.suggestions,
                 last_component: snapshot.last_component,
                 explored: BTreeMap::new(),
             };

@@ -3,6 +3,7 @@
 
 mod apply;
 mod bad_input;
+mod crown;
 mod history;
 mod plan;
 mod resume;

@@ -218,11 +218,30 @@ fn plans() -> Vec<(String, Value)> {
     }
     let graph = razar::graph::load(&[fixture("good/every_field.yaml")]).expect("fixture loads");
     let selected = graph.select(&[]).expect("no targets");
+    // Crown suggestions from each source, one applied and one rejected.
+    let suggestion = |source, item: Value| razar::plan::suggest::Sourced {
+        source,
+        suggestion: serde_json::from_value(item).expect("suggestion shape"),
+    };
     let options = razar::plan::Options {
         exclude: BTreeMap::from([(
             "migrate".to_owned(),
             "quarantined after 3 attempts".to_owned(),
         )]),
+        suggestions: vec![
+            suggestion(
+                razar::plan::suggest::Source::Handshake {
+                    at: "2025-10-04T09:15:01.927Z".to_owned(),
+                },
+                serde_json::json!({"action": "prioritize", "component": "vision", "reason": "GPU is idle"}),
+            ),
+            suggestion(
+                razar::plan::suggest::Source::File {
+                    path: "advice.json".into(),
+                },
+                serde_json::json!({"action": "teleport", "component": "api"}),
+            ),
+        ],
         ..razar::plan::Options::default()
     };
     let plan = razar::plan::build(&graph, &selected, &options);
@@ -362,8 +381,15 @@ fn documented_examples_pass_both_their_schema_and_razar() {
 
 #[test]
 fn the_checked_in_example_plan_is_current() {
+    // Planned in a copy, so state a local demo run left in the checkout (history, a stored
+    // order, quarantines) cannot change it: the checked-in plan is the config's alone.
+    let sandbox = Sandbox::new();
+    sandbox.copy(
+        &repo().join("config/demo.yaml"),
+        "config/demo.yaml".as_ref(),
+    );
     let output = razar()
-        .current_dir(repo())
+        .current_dir(sandbox.path())
         .args(["plan", "-c", "config/demo.yaml", "--format", "json"])
         .output()
         .expect("razar runs");
@@ -381,4 +407,5 @@ fn the_checked_in_example_plan_is_current() {
     );
     // Portable: no absolute path of the machine it was made on.
     assert!(!checked_in.contains(&repo().display().to_string()));
+    assert!(!checked_in.contains(&sandbox.path().display().to_string()));
 }

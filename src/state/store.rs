@@ -34,7 +34,7 @@ use crate::plan::suggest::Outcome as SuggestionOutcome;
 
 /// Shortest time between two background rewrites of `razar_state.json` (longer when a
 /// rewrite itself takes long, see `run_writer`).
-pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(50);
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Recent events kept in `razar_state.json`.
 const EVENTS_KEPT: usize = 50;

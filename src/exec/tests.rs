@@ -813,8 +813,17 @@ async fn leftovers_are_stopped_dependents_first_even_across_a_gap() {
     let plan = plan(d, 2, steps);
     let mut db = leftover(d, "db");
     let mut web = leftover(d, "web");
-    let found: BTreeSet<String> = leftovers(d).into_iter().map(|t| t.component).collect();
-    assert_eq!(found, BTreeSet::from(["db".to_owned(), "web".to_owned()]));
+    // Wait until the scan sees both (on a machine busy spawning, /proc can lag the spawn).
+    let expected = BTreeSet::from(["db".to_owned(), "web".to_owned()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let found = loop {
+        let found: BTreeSet<String> = leftovers(d).into_iter().map(|t| t.component).collect();
+        if found == expected || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(found, expected);
     let collect = event::Collect::default();
     let mut sink = collect.clone();
     let stopped = stop_leftovers(&plan, &BTreeMap::new(), &Shutdown::new(), &mut sink).await;

@@ -318,6 +318,20 @@ impl Ctx<'_> {
     }
 }
 
+/// Suggestions can only reorder, delay or skip declared components: one that carries a
+/// command field is refused whole, at planning time and mid-boot alike.
+fn refuse_command_change(suggestion: &Suggestion) -> Result<(), String> {
+    match COMMAND_FIELDS
+        .iter()
+        .find(|f| suggestion.extra.contains_key(**f))
+    {
+        Some(field) => Err(format!(
+            "tries to change a command (`{field}`): suggestions can only reorder, delay or skip declared components"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn judge(
     suggestion: &Suggestion,
     ctx: &Ctx<'_>,
@@ -325,14 +339,7 @@ fn judge(
     merged: &mut Options,
     deps: &mut [Vec<usize>],
 ) -> Result<Applied, String> {
-    if let Some(field) = COMMAND_FIELDS
-        .iter()
-        .find(|f| suggestion.extra.contains_key(**f))
-    {
-        return Err(format!(
-            "tries to change a command (`{field}`): suggestions can only reorder, delay or skip declared components"
-        ));
-    }
+    refuse_command_change(suggestion)?;
     let action = action(&suggestion.action)?;
     let applied = |effect: String| Applied {
         effect,
@@ -585,14 +592,7 @@ pub fn revise(
             Ok(i)
         };
         let verdict = (|| -> Result<String, String> {
-            if let Some(field) = COMMAND_FIELDS
-                .iter()
-                .find(|f| suggestion.extra.contains_key(**f))
-            {
-                return Err(format!(
-                    "tries to change a command (`{field}`): suggestions can only reorder, delay or skip declared components"
-                ));
-            }
+            refuse_command_change(suggestion)?;
             let action = action(&suggestion.action)?;
             let not_started = |i: usize| {
                 if pending(i) {
@@ -1124,6 +1124,7 @@ components:
             serde_json::json!({"action": "after", "component": "web", "after": "worker", "reason": "shared disk"}),
             serde_json::json!({"action": "after", "component": "api", "after": "web"}),
             serde_json::json!({"action": "skip", "component": "ghost"}),
+            serde_json::json!({"action": "prioritize", "component": "api", "command": ["rm", "-rf", "/"]}),
         ]
         .into_iter()
         .map(|item| Sourced {
@@ -1135,8 +1136,14 @@ components:
         .collect();
         let revision = revise(&plan, &started, &items, None);
         let applied: Vec<bool> = revision.outcomes.iter().map(|o| o.applied).collect();
-        assert_eq!(applied, [true, false, true, false, false]);
+        assert_eq!(applied, [true, false, true, false, false, false]);
         assert!(revision.outcomes[1].effect.contains("already started"));
+        // Mid-boot as at planning time, a suggestion carrying a command is refused whole.
+        assert!(
+            revision.outcomes[5]
+                .effect
+                .contains("tries to change a command (`command`)")
+        );
         assert_eq!(
             revision.outcomes[3].effect,
             "would create a cycle: api -> worker -> web -> api"
@@ -1158,7 +1165,7 @@ components:
                 .text
                 .starts_with("Crown: after web worker — shared disk")
         );
-        assert_eq!(revised.suggestions.len(), 5);
+        assert_eq!(revised.suggestions.len(), 6);
     }
 
     #[test]

@@ -58,6 +58,20 @@ impl Ring {
         }
     }
 
+    /// Records one attempt measured with `command_hash`: the ring starts afresh when the
+    /// command changed, and a sample it already holds is not added again (replaying a journal
+    /// over a checkpoint that already reached sled must not count an attempt twice; two real
+    /// attempts never share their end time, run, attempt number, duration and outcome).
+    pub fn record(&mut self, command_hash: &str, sample: Sample) {
+        if self.command_hash != command_hash {
+            *self = Ring::new(command_hash.to_owned());
+        }
+        if self.samples.iter().rev().any(|s| *s == sample) {
+            return;
+        }
+        self.push(sample);
+    }
+
     /// Adds a sample, dropping the oldest beyond [`HISTORY_LIMIT`].
     pub fn push(&mut self, sample: Sample) {
         self.samples.push_back(sample);
@@ -89,6 +103,15 @@ impl Ring {
             last_outcome: last.outcome,
         })
     }
+}
+
+/// What the journal holds for one history sample: the attempt and the command it was measured
+/// with, not the whole ring (which reaches sled at the next checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SampleEntry {
+    pub command_hash: String,
+    pub sample: Sample,
 }
 
 /// What history says about one component.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::crown::LaunchRecord;
 use super::db::{Batch, Db, Tree};
 use super::files::{self, ApplyInfo, Existing, Snapshot};
-use super::history::{Outcome as SampleOutcome, Ring, Sample};
+use super::history::{Outcome as SampleOutcome, Ring, Sample, SampleEntry};
 use super::lock::ApplyLock;
 use super::view::{self, Loaded};
 use super::{
@@ -1185,17 +1185,23 @@ impl Recorder {
                 e.insert(stored.unwrap_or_else(|| Ring::new(hash.clone())))
             }
         };
-        if ring.command_hash != hash {
-            *ring = Ring::new(hash);
-        }
-        ring.push(Sample {
+        let sample = Sample {
             at: at.to_owned(),
             run_id: live.loaded.run.as_ref().map(|r| r.id.clone()),
             attempt,
             duration_ms,
             outcome,
-        });
-        batch.put(Tree::History, name.as_bytes(), &*ring);
+        };
+        ring.record(&hash, sample.clone());
+        // Only the sample goes to the journal; the database stages the whole ring and writes
+        // it at the next checkpoint.
+        batch.sample(
+            name.as_bytes(),
+            SampleEntry {
+                command_hash: hash,
+                sample,
+            },
+        );
         if let Some(stats) = ring.stats() {
             live.loaded.history.insert(name.to_owned(), stats);
         }

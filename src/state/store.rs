@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::crown::LaunchRecord;
 use super::db::{Batch, Db, Tree};
-use super::files::{self, ApplyInfo, Existing, Snapshot};
+use super::files::{self, ApplyInfo, Existing, Snapshot, SnapshotEvents};
 use super::history::{Outcome as SampleOutcome, Ring, Sample, SampleEntry};
 use super::lock::ApplyLock;
 use super::view::{self, Loaded};
@@ -224,7 +224,7 @@ impl Store {
         // razar_state.json: carry over what it holds that the database does not (ABZU's keys,
         // recent events); keep anything unreadable or foreign next to it.
         let state_json = paths.state_json();
-        match files::read_snapshot(&state_json)? {
+        match files::read_snapshot::<SnapshotEvents>(&state_json)? {
             Existing::Missing => {}
             Existing::Ours(snapshot) => events.extend(snapshot.events),
             Existing::Unreadable(detail) => {

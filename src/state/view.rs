@@ -241,7 +241,7 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
         }
     }
     let state_json = paths.state_json();
-    match files::read_snapshot(&state_json)? {
+    match files::read_snapshot::<files::Snapshot>(&state_json)? {
         Existing::Ours(snapshot) => {
             let snapshot = *snapshot;
             let loaded = Loaded {

@@ -452,6 +452,22 @@ impl Db {
         }
     }
 
+    /// The statistics of the history ring of `key`: from the ring staged in memory (there is
+    /// one right after a sample for it was committed), else from sled (the commit ran a
+    /// checkpoint).
+    pub fn ring_stats(&self, key: &[u8]) -> Result<Option<super::HistoryStats>, StateError> {
+        let staged = match lock(&self.pending).get(&(Tree::History as usize, key.to_vec())) {
+            Some(Staged::Ring(ring)) => Some(ring.stats()),
+            _ => None,
+        };
+        match staged {
+            Some(stats) => Ok(stats),
+            None => Ok(self
+                .get::<Ring>(Tree::History, key)?
+                .and_then(|ring| ring.stats())),
+        }
+    }
+
     fn ring_from(&self, key: &[u8], bytes: &[u8]) -> Option<Ring> {
         match serde_json::from_slice(bytes) {
             Ok(ring) => Some(ring),

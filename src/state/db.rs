@@ -392,8 +392,24 @@ impl Db {
             .transpose()
     }
 
-    /// Every record of a tree, in key order.
-    pub fn all<T: DeserializeOwned>(&self, tree: Tree) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+    /// The statistics of every history ring, in key order, each read without building its
+    /// samples.
+    pub fn all_history_stats(&self) -> Result<Vec<(Vec<u8>, super::HistoryStats)>, StateError> {
+        let merged = self.merged(Tree::History)?;
+        let mut out = Vec::with_capacity(merged.len());
+        for (key, bytes) in merged {
+            let Some(bytes) = bytes else { continue };
+            let digest: super::history::RingDigest<'_> = serde_json::from_slice(&bytes)
+                .map_err(|err| self.corrupt(Tree::History, &key, err))?;
+            if let Some(stats) = digest.stats() {
+                out.push((key, stats));
+            }
+        }
+        Ok(out)
+    }
+
+    /// sled's records of a tree overlaid with the staged ones, in key order.
+    fn merged(&self, tree: Tree) -> Result<BTreeMap<Vec<u8>, Option<Vec<u8>>>, StateError> {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for item in self.tree(tree).iter() {
             let (key, bytes) =
@@ -405,6 +421,12 @@ impl Db {
                 merged.insert(key.clone(), value.bytes());
             }
         }
+        Ok(merged)
+    }
+
+    /// Every record of a tree, in key order.
+    pub fn all<T: DeserializeOwned>(&self, tree: Tree) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+        let merged = self.merged(tree)?;
         let mut out = Vec::with_capacity(merged.len());
         for (key, bytes) in merged {
             let Some(bytes) = bytes else { continue };

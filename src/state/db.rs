@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::history::{Ring, SampleEntry};
 use super::{Paths, StateError, files};
 
 /// How long an apply waits for a reader (`razar status`, `razar plan`) that has the database
@@ -72,6 +73,9 @@ impl Tree {
 enum Op {
     Put(Tree, Vec<u8>, Vec<u8>),
     Remove(Tree, Vec<u8>),
+    /// One more sample for the history ring under this key: the journal holds only the
+    /// sample, the ring itself waits in [`Pending`] for the checkpoint.
+    Sample(Vec<u8>, SampleEntry),
 }
 
 /// Writes that become durable together (one journal append).
@@ -90,6 +94,11 @@ impl Batch {
         self.ops.push(Op::Remove(tree, key.to_vec()));
     }
 
+    /// Adds one sample to the history ring of `key` (see [`Ring::record`]).
+    pub fn sample(&mut self, key: &[u8], entry: SampleEntry) {
+        self.ops.push(Op::Sample(key.to_vec(), entry));
+    }
+
     fn journal_lines(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for op in &self.ops {
@@ -104,6 +113,19 @@ impl Batch {
                         .as_bytes(),
                     );
                     out.extend_from_slice(value);
+                    out.extend_from_slice(b"}\n");
+                }
+                Op::Sample(key, entry) => {
+                    out.extend_from_slice(
+                        format!(
+                            "{{\"op\":\"sample\",\"tree\":\"{}\",\"key\":\"{}\",\"value\":",
+                            Tree::History.name(),
+                            hex(key)
+                        )
+                        .as_bytes(),
+                    );
+                    serde_json::to_writer(&mut out, entry)
+                        .expect("history samples serialise: plain data");
                     out.extend_from_slice(b"}\n");
                 }
                 Op::Remove(tree, key) => out.extend_from_slice(
@@ -146,6 +168,10 @@ fn parse_line(line: &[u8]) -> Option<Op> {
             serde_json::to_vec(value.get("value")?).ok()?,
         )),
         "remove" => Some(Op::Remove(tree, key)),
+        "sample" if tree == Tree::History => Some(Op::Sample(
+            key,
+            serde_json::from_value(value.get("value")?.clone()).ok()?,
+        )),
         _ => None,
     }
 }
@@ -156,9 +182,38 @@ struct Journal {
     len: u64,
 }
 
-/// Writes that are in the journal but not yet in sled: per tree and key, the latest value
-/// (`None`: removed).
-type Pending = BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>>;
+/// The latest value of one key that sled has not received yet.
+enum Staged {
+    Value(Vec<u8>),
+    Removed,
+    /// A history ring, kept whole in memory and serialised once, at the checkpoint (the
+    /// journal holds only its new samples).
+    Ring(Ring),
+}
+
+impl Staged {
+    /// The value's bytes as sled will hold them (`None`: removed).
+    fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Staged::Value(bytes) => Some(bytes),
+            other => other.bytes(),
+        }
+    }
+
+    /// The value's bytes as sled will hold them (`None`: removed).
+    fn bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Staged::Value(bytes) => Some(bytes.clone()),
+            Staged::Removed => None,
+            Staged::Ring(ring) => {
+                Some(serde_json::to_vec(ring).expect("history rings serialise: plain data"))
+            }
+        }
+    }
+}
+
+/// Writes that are in the journal but not yet in sled: per tree and key, the latest value.
+type Pending = BTreeMap<(usize, Vec<u8>), Staged>;
 
 pub(crate) struct Db {
     path: PathBuf,
@@ -267,7 +322,7 @@ impl Db {
         for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             match parse_line(line) {
                 Some(op) => {
-                    self.apply_op(op)?;
+                    self.stage(op);
                     applied += 1;
                 }
                 None => {
@@ -280,7 +335,7 @@ impl Db {
             "replayed {applied} journal entries from `{}`",
             path.display()
         );
-        self.flush_sled()?;
+        self.apply_pending()?;
         if damaged {
             let kept = files::move_aside(&path, "damaged")?;
             tracing::warn!(
@@ -323,7 +378,7 @@ impl Db {
     ) -> Result<Option<T>, StateError> {
         let pending = lock(&self.pending)
             .get(&(tree as usize, key.to_vec()))
-            .cloned();
+            .map(Staged::bytes);
         let value = match pending {
             Some(value) => value,
             None => self
@@ -337,8 +392,24 @@ impl Db {
             .transpose()
     }
 
-    /// Every record of a tree, in key order.
-    pub fn all<T: DeserializeOwned>(&self, tree: Tree) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+    /// The statistics of every history ring, in key order, each read without building its
+    /// samples.
+    pub fn all_history_stats(&self) -> Result<Vec<(Vec<u8>, super::HistoryStats)>, StateError> {
+        let merged = self.merged(Tree::History)?;
+        let mut out = Vec::with_capacity(merged.len());
+        for (key, bytes) in merged {
+            let Some(bytes) = bytes else { continue };
+            let digest: super::history::RingDigest<'_> = serde_json::from_slice(&bytes)
+                .map_err(|err| self.corrupt(Tree::History, &key, err))?;
+            if let Some(stats) = digest.stats() {
+                out.push((key, stats));
+            }
+        }
+        Ok(out)
+    }
+
+    /// sled's records of a tree overlaid with the staged ones, in key order.
+    fn merged(&self, tree: Tree) -> Result<BTreeMap<Vec<u8>, Option<Vec<u8>>>, StateError> {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for item in self.tree(tree).iter() {
             let (key, bytes) =
@@ -347,9 +418,15 @@ impl Db {
         }
         for ((t, key), value) in lock(&self.pending).iter() {
             if *t == tree as usize {
-                merged.insert(key.clone(), value.clone());
+                merged.insert(key.clone(), value.bytes());
             }
         }
+        Ok(merged)
+    }
+
+    /// Every record of a tree, in key order.
+    pub fn all<T: DeserializeOwned>(&self, tree: Tree) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+        let merged = self.merged(tree)?;
         let mut out = Vec::with_capacity(merged.len());
         for (key, bytes) in merged {
             let Some(bytes) = bytes else { continue };
@@ -360,14 +437,71 @@ impl Db {
         Ok(out)
     }
 
-    fn apply_op(&self, op: Op) -> Result<(), StateError> {
-        let result = match op {
-            Op::Put(tree, key, value) => self.tree(tree).insert(key, value).map(|_| tree),
-            Op::Remove(tree, key) => self.tree(tree).remove(key).map(|_| tree),
+    /// Makes `op` the latest value of its key in [`Pending`]. A sample is added to the ring
+    /// staged for its key, loaded from sled first if need be; a stored ring that cannot be
+    /// read is started afresh (history is statistics: losing it must not stop a boot).
+    fn stage(&self, op: Op) {
+        let mut pending = lock(&self.pending);
+        match op {
+            Op::Put(tree, key, value) => {
+                pending.insert((tree as usize, key), Staged::Value(value));
+            }
+            Op::Remove(tree, key) => {
+                pending.insert((tree as usize, key), Staged::Removed);
+            }
+            Op::Sample(key, entry) => {
+                let slot = (Tree::History as usize, key);
+                let ring = match pending.remove(&slot) {
+                    Some(Staged::Ring(ring)) => Some(ring),
+                    Some(Staged::Value(bytes)) => self.ring_from(&slot.1, &bytes),
+                    Some(Staged::Removed) => None,
+                    None => match self.tree(Tree::History).get(&slot.1) {
+                        Ok(Some(bytes)) => self.ring_from(&slot.1, &bytes),
+                        Ok(None) => None,
+                        Err(err) => {
+                            tracing::warn!(
+                                "history of `{}` unreadable ({err}); started afresh",
+                                String::from_utf8_lossy(&slot.1)
+                            );
+                            None
+                        }
+                    },
+                };
+                let mut ring = ring.unwrap_or_else(|| Ring::new(entry.command_hash.clone()));
+                ring.record(&entry.command_hash, entry.sample);
+                pending.insert(slot, Staged::Ring(ring));
+            }
+        }
+    }
+
+    /// The statistics of the history ring of `key`: from the ring staged in memory (there is
+    /// one right after a sample for it was committed), else from sled (the commit ran a
+    /// checkpoint).
+    pub fn ring_stats(&self, key: &[u8]) -> Result<Option<super::HistoryStats>, StateError> {
+        let staged = match lock(&self.pending).get(&(Tree::History as usize, key.to_vec())) {
+            Some(Staged::Ring(ring)) => Some(ring.stats()),
+            _ => None,
         };
-        result
-            .map(|_| ())
-            .map_err(|err| self.error(format!("cannot write: {err}")))
+        match staged {
+            Some(stats) => Ok(stats),
+            None => Ok(self
+                .get::<Ring>(Tree::History, key)?
+                .and_then(|ring| ring.stats())),
+        }
+    }
+
+    fn ring_from(&self, key: &[u8], bytes: &[u8]) -> Option<Ring> {
+        match serde_json::from_slice(bytes) {
+            Ok(ring) => Some(ring),
+            Err(err) => {
+                tracing::warn!(
+                    "history of `{}` in `{}` unreadable ({err}); started afresh",
+                    String::from_utf8_lossy(key),
+                    self.path.display()
+                );
+                None
+            }
+        }
     }
 
     /// Makes `batch` durable against razar being killed (one journal append); sled receives it
@@ -398,14 +532,8 @@ impl Db {
             journal.len += bytes.len() as u64;
             journal.len >= JOURNAL_CHECKPOINT
         };
-        {
-            let mut pending = lock(&self.pending);
-            for op in batch.ops {
-                match op {
-                    Op::Put(tree, key, value) => pending.insert((tree as usize, key), Some(value)),
-                    Op::Remove(tree, key) => pending.insert((tree as usize, key), None),
-                };
-            }
+        for op in batch.ops {
+            self.stage(op);
         }
         if checkpoint {
             self.checkpoint()?;
@@ -439,10 +567,16 @@ impl Db {
     /// flushes sled to disk, then empties the journal it made redundant. Callers must not
     /// commit concurrently (the store commits under one lock).
     pub fn checkpoint(&self) -> Result<(), StateError> {
+        self.apply_pending()?;
+        self.truncate_journal()
+    }
+
+    /// Gives sled every staged write (each key once, one batch per tree) and flushes it.
+    fn apply_pending(&self) -> Result<(), StateError> {
         let pending = std::mem::take(&mut *lock(&self.pending));
         let mut batches: [sled::Batch; 5] = Default::default();
         for ((tree, key), value) in pending {
-            match value {
+            match value.into_bytes() {
                 Some(value) => batches[tree].insert(key, value),
                 None => batches[tree].remove(key),
             }
@@ -452,8 +586,7 @@ impl Db {
                 .apply_batch(batch)
                 .map_err(|err| self.error(format!("cannot write `{}`: {err}", tree.name())))?;
         }
-        self.flush_sled()?;
-        self.truncate_journal()
+        self.flush_sled()
     }
 }
 
@@ -532,6 +665,76 @@ mod tests {
         assert_eq!(
             std::fs::metadata(paths.journal()).expect("journal").len(),
             0
+        );
+    }
+
+    fn entry(ms: u64) -> SampleEntry {
+        SampleEntry {
+            command_hash: "h".into(),
+            sample: super::super::history::Sample {
+                at: format!("2025-01-01T00:00:00.{ms:03}Z"),
+                run_id: Some("r".into()),
+                attempt: 1,
+                duration_ms: ms,
+                outcome: super::super::history::Outcome::Completed,
+            },
+        }
+    }
+
+    #[test]
+    fn a_sample_journals_only_itself_and_replays_once() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        for ms in 0..60 {
+            let mut batch = Batch::default();
+            batch.sample(b"t", entry(ms));
+            db.commit(batch).expect("commit");
+        }
+        let journal = std::fs::read(paths.journal()).expect("journal");
+        let lines: Vec<&[u8]> = journal
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 60);
+        assert!(
+            lines.iter().all(|l| l.len() < 300),
+            "each line holds one sample, not the ring"
+        );
+        let ring: Ring = db.get(Tree::History, b"t").expect("get").expect("ring");
+        assert_eq!(ring.samples.len(), 60);
+
+        // Killed after the checkpoint reached sled but before the journal was emptied: the
+        // replay must not count those attempts twice.
+        db.checkpoint().expect("checkpoint");
+        std::fs::write(paths.journal(), &journal).expect("restore journal");
+        let mut batch = Batch::default();
+        batch.sample(b"t", entry(60));
+        let mut text = journal.clone();
+        text.extend_from_slice(&batch.journal_lines());
+        std::fs::write(paths.journal(), &text).expect("journal");
+        drop(db);
+        let db = Db::open_patiently(&paths).expect("reopen");
+        let ring: Ring = db.get(Tree::History, b"t").expect("get").expect("ring");
+        assert_eq!(ring.samples.len(), 61);
+        assert_eq!(ring.samples.back().map(|s| s.duration_ms), Some(60));
+
+        // A changed command starts the ring afresh, in the journal as in memory.
+        let mut batch = Batch::default();
+        let mut changed = entry(61);
+        changed.command_hash = "other".into();
+        batch.sample(b"t", changed);
+        db.commit(batch).expect("commit");
+        drop(db);
+        let journal = std::fs::read(paths.journal()).expect("journal");
+        let other = tempfile::tempdir().expect("temp dir");
+        let other_paths = Paths::new(other.path());
+        std::fs::write(other_paths.journal(), &journal).expect("copy");
+        let db = Db::open_patiently(&other_paths).expect("open copy");
+        let ring: Ring = db.get(Tree::History, b"t").expect("get").expect("ring");
+        assert_eq!(
+            (ring.command_hash.as_str(), ring.samples.len()),
+            ("other", 1)
         );
     }
 

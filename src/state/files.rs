@@ -53,18 +53,36 @@ pub(crate) struct ApplyInfo {
     pub start_time: Option<u64>,
 }
 
-/// What an existing `razar_state.json` turned out to be.
-pub(crate) enum Existing {
+/// What an existing `razar_state.json` turned out to be, read as `T` (the whole [`Snapshot`],
+/// or only the part a caller uses).
+pub(crate) enum Existing<T = Snapshot> {
     Missing,
-    Ours(Box<Snapshot>),
+    Ours(Box<T>),
     /// A JSON object without razar's `version`: ABZU's file, whose keys razar carries over.
     Foreign(serde_json::Map<String, serde_json::Value>),
     /// Not parseable: the detail says why.
     Unreadable(String),
 }
 
-/// Reads `razar_state.json`. A file from a newer razar is an error (it must not be replaced).
-pub(crate) fn read_snapshot(path: &Path) -> Result<Existing, StateError> {
+/// The part of a snapshot an apply carries over when it opens the store: the recent events
+/// (everything else is rebuilt from the database). Other keys are skipped, not parsed.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SnapshotEvents {
+    pub events: Vec<EventNote>,
+}
+
+/// Only the `version` of a snapshot; the rest of the text is skipped without building it.
+#[derive(Deserialize)]
+struct VersionOnly {
+    #[serde(default)]
+    version: Option<serde_json::Value>,
+}
+
+/// Reads `razar_state.json` as `T`. A file from a newer razar is an error (it must not be
+/// replaced).
+pub(crate) fn read_snapshot<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Existing<T>, StateError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Missing),
@@ -73,15 +91,21 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<Existing, StateError> {
         }
         Err(err) => return Err(StateError::io(path, err)),
     };
-    let value: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(value) => value,
+    if !text.trim_start().starts_with('{') {
+        return Ok(match serde_json::from_str::<serde_json::Value>(&text) {
+            Err(err) => Existing::Unreadable(err.to_string()),
+            Ok(_) => Existing::Unreadable("not a JSON object".to_owned()),
+        });
+    }
+    let head: VersionOnly = match serde_json::from_str(&text) {
+        Ok(head) => head,
         Err(err) => return Ok(Existing::Unreadable(err.to_string())),
     };
-    let serde_json::Value::Object(map) = value else {
-        return Ok(Existing::Unreadable("not a JSON object".to_owned()));
-    };
-    let Some(version) = map.get("version") else {
-        return Ok(Existing::Foreign(map));
+    let Some(version) = head.version else {
+        return Ok(match serde_json::from_str(&text) {
+            Ok(map) => Existing::Foreign(map),
+            Err(err) => Existing::Unreadable(err.to_string()),
+        });
     };
     match version.as_u64() {
         Some(v) if v > u64::from(STATE_FORMAT) => {
@@ -93,7 +117,7 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<Existing, StateError> {
         Some(_) => {}
         None => return Ok(Existing::Unreadable("`version` is not a number".to_owned())),
     }
-    match serde_json::from_value::<Snapshot>(serde_json::Value::Object(map)) {
+    match serde_json::from_str::<T>(&text) {
         Ok(snapshot) => Ok(Existing::Ours(Box::new(snapshot))),
         Err(err) => Ok(Existing::Unreadable(err.to_string())),
     }

@@ -58,6 +58,20 @@ impl Ring {
         }
     }
 
+    /// Records one attempt measured with `command_hash`: the ring starts afresh when the
+    /// command changed, and a sample it already holds is not added again (replaying a journal
+    /// over a checkpoint that already reached sled must not count an attempt twice; two real
+    /// attempts never share their end time, run, attempt number, duration and outcome).
+    pub fn record(&mut self, command_hash: &str, sample: Sample) {
+        if self.command_hash != command_hash {
+            *self = Ring::new(command_hash.to_owned());
+        }
+        if self.samples.iter().rev().any(|s| *s == sample) {
+            return;
+        }
+        self.push(sample);
+    }
+
     /// Adds a sample, dropping the oldest beyond [`HISTORY_LIMIT`].
     pub fn push(&mut self, sample: Sample) {
         self.samples.push_back(sample);
@@ -68,27 +82,86 @@ impl Ring {
 
     pub fn stats(&self) -> Option<HistoryStats> {
         let last = self.samples.back()?;
-        let mut durations: Vec<u64> = self
-            .samples
-            .iter()
-            .filter(|s| s.outcome != Outcome::Failed)
-            .map(|s| s.duration_ms)
-            .collect();
-        durations.sort_unstable();
-        let failures = self.samples.len() - durations.len();
-        Some(HistoryStats {
-            command_hash: self.command_hash.clone(),
-            samples: self.samples.len(),
-            failures,
-            failure_rate: failures as f64 / self.samples.len() as f64,
-            p50_ms: percentile(&durations, 50),
-            p90_ms: percentile(&durations, 90),
-            min_ms: durations.first().copied(),
-            max_ms: durations.last().copied(),
-            last_seen: last.at.clone(),
-            last_outcome: last.outcome,
-        })
+        stats_of(
+            &self.command_hash,
+            self.samples.iter().map(|s| (s.duration_ms, s.outcome)),
+            &last.at,
+            last.outcome,
+        )
     }
+}
+
+/// A stored ring read for its statistics only (opening the store needs no more): sample
+/// times are borrowed from the stored bytes and the other fields skipped, not built.
+#[derive(Deserialize)]
+pub(crate) struct RingDigest<'a> {
+    #[serde(borrow)]
+    command_hash: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    samples: Vec<SampleDigest<'a>>,
+}
+
+#[derive(Deserialize)]
+struct SampleDigest<'a> {
+    #[serde(borrow)]
+    at: std::borrow::Cow<'a, str>,
+    duration_ms: u64,
+    outcome: Outcome,
+}
+
+impl RingDigest<'_> {
+    /// The same statistics as [`Ring::stats`] of the ring these bytes hold.
+    pub fn stats(&self) -> Option<HistoryStats> {
+        let last = self.samples.last()?;
+        stats_of(
+            &self.command_hash,
+            self.samples.iter().map(|s| (s.duration_ms, s.outcome)),
+            &last.at,
+            last.outcome,
+        )
+    }
+}
+
+fn stats_of(
+    command_hash: &str,
+    samples: impl Iterator<Item = (u64, Outcome)>,
+    last_seen: &str,
+    last_outcome: Outcome,
+) -> Option<HistoryStats> {
+    let mut count = 0usize;
+    let mut durations: Vec<u64> = Vec::new();
+    for (ms, outcome) in samples {
+        count += 1;
+        if outcome != Outcome::Failed {
+            durations.push(ms);
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    durations.sort_unstable();
+    let failures = count - durations.len();
+    Some(HistoryStats {
+        command_hash: command_hash.to_owned(),
+        samples: count,
+        failures,
+        failure_rate: failures as f64 / count as f64,
+        p50_ms: percentile(&durations, 50),
+        p90_ms: percentile(&durations, 90),
+        min_ms: durations.first().copied(),
+        max_ms: durations.last().copied(),
+        last_seen: last_seen.to_owned(),
+        last_outcome,
+    })
+}
+
+/// What the journal holds for one history sample: the attempt and the command it was measured
+/// with, not the whole ring (which reaches sled at the next checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SampleEntry {
+    pub command_hash: String,
+    pub sample: Sample,
 }
 
 /// What history says about one component.
@@ -235,6 +308,29 @@ mod tests {
         failing.push(sample(1, Outcome::Failed));
         let stats = failing.stats().expect("samples exist");
         assert_eq!((stats.p50_ms, stats.failure_rate), (None, 1.0));
+    }
+
+    #[test]
+    fn a_stored_ring_read_for_its_statistics_gives_the_same_statistics() {
+        let mut ring = Ring::new("h".into());
+        assert!(
+            serde_json::from_slice::<RingDigest<'_>>(&serde_json::to_vec(&ring).expect("json"))
+                .expect("digest")
+                .stats()
+                .is_none()
+        );
+        for ms in [30, 5, 70, 12, 9] {
+            let outcome = if ms == 5 {
+                Outcome::Failed
+            } else {
+                Outcome::Ready
+            };
+            ring.push(sample(ms, outcome));
+        }
+        ring.samples[2].at = "2025-\"quoted\"".into();
+        let bytes = serde_json::to_vec(&ring).expect("json");
+        let digest: RingDigest<'_> = serde_json::from_slice(&bytes).expect("digest");
+        assert_eq!(digest.stats(), ring.stats());
     }
 
     #[test]

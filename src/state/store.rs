@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::crown::LaunchRecord;
 use super::db::{Batch, Db, Tree};
-use super::files::{self, ApplyInfo, Existing, Snapshot};
-use super::history::{Outcome as SampleOutcome, Ring, Sample};
+use super::files::{self, ApplyInfo, Existing, Snapshot, SnapshotEvents};
+use super::history::{Outcome as SampleOutcome, Sample, SampleEntry};
 use super::lock::ApplyLock;
 use super::view::{self, Loaded};
 use super::{
@@ -224,7 +224,7 @@ impl Store {
         // razar_state.json: carry over what it holds that the database does not (ABZU's keys,
         // recent events); keep anything unreadable or foreign next to it.
         let state_json = paths.state_json();
-        match files::read_snapshot(&state_json)? {
+        match files::read_snapshot::<SnapshotEvents>(&state_json)? {
             Existing::Missing => {}
             Existing::Ours(snapshot) => events.extend(snapshot.events),
             Existing::Unreadable(detail) => {
@@ -610,7 +610,7 @@ impl Store {
             shared: Arc::clone(&self.shared),
             steps,
             spawned_at_ms: HashMap::new(),
-            rings: HashMap::new(),
+            sampled: Vec::new(),
             on_failure: None,
         }
     }
@@ -695,8 +695,9 @@ pub struct Recorder {
     steps: HashMap<String, StepInfo>,
     /// `at_ms` of each component's latest spawn in this run, for failure durations.
     spawned_at_ms: HashMap<String, u64>,
-    /// History rings touched in this run.
-    rings: HashMap<String, Ring>,
+    /// Components given a history sample by the event being recorded: their statistics are
+    /// refreshed from the ring the database staged, once the event is committed.
+    sampled: Vec<String>,
     on_failure: Option<FailureHook>,
 }
 
@@ -1107,6 +1108,11 @@ impl Recorder {
             }
         }
         db.commit(batch)?;
+        for name in self.sampled.drain(..) {
+            if let Some(stats) = db.ring_stats(name.as_bytes())? {
+                live.loaded.history.insert(name, stats);
+            }
+        }
         if !matches!(event.kind, EventKind::Probe { .. }) {
             let (name, detail) = note_of(&event.kind);
             push_note(&mut live, name, at, event.kind.component(), detail);
@@ -1177,28 +1183,22 @@ impl Recorder {
             // Milestones (no command) and components outside the plan have no history.
             return Ok(());
         };
-        let db = &self.shared.db;
-        let ring = match self.rings.entry(name.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let stored = db.get::<Ring>(Tree::History, name.as_bytes())?;
-                e.insert(stored.unwrap_or_else(|| Ring::new(hash.clone())))
-            }
-        };
-        if ring.command_hash != hash {
-            *ring = Ring::new(hash);
-        }
-        ring.push(Sample {
-            at: at.to_owned(),
-            run_id: live.loaded.run.as_ref().map(|r| r.id.clone()),
-            attempt,
-            duration_ms,
-            outcome,
-        });
-        batch.put(Tree::History, name.as_bytes(), &*ring);
-        if let Some(stats) = ring.stats() {
-            live.loaded.history.insert(name.to_owned(), stats);
-        }
+        // Only the sample goes to the journal; the database stages the whole ring (loaded
+        // once per run) and writes it at the next checkpoint.
+        batch.sample(
+            name.as_bytes(),
+            SampleEntry {
+                command_hash: hash,
+                sample: Sample {
+                    at: at.to_owned(),
+                    run_id: live.loaded.run.as_ref().map(|r| r.id.clone()),
+                    attempt,
+                    duration_ms,
+                    outcome,
+                },
+            },
+        );
+        self.sampled.push(name.to_owned());
         Ok(())
     }
 }

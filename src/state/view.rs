@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use super::crown::LaunchRecord;
 use super::db::{Db, OpenError, Tree};
 use super::files::{self, Existing};
-use super::history::Ring;
 use super::lock::{self, Holder};
 use super::{
     ComponentRecord, CrownRecord, ExploredOrder, HistoryStats, Paths, QuarantineRecord, RunRecord,
@@ -62,9 +61,9 @@ pub(crate) fn load(db: &Db) -> Result<Loaded, StateError> {
         .map(|(k, v)| (utf8(k), v))
         .collect();
     let history = db
-        .all::<Ring>(Tree::History)?
+        .all_history_stats()?
         .into_iter()
-        .filter_map(|(k, ring)| ring.stats().map(|s| (utf8(k), s)))
+        .map(|(k, stats)| (utf8(k), stats))
         .collect();
     Ok(Loaded {
         run,
@@ -241,7 +240,7 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
         }
     }
     let state_json = paths.state_json();
-    match files::read_snapshot(&state_json)? {
+    match files::read_snapshot::<files::Snapshot>(&state_json)? {
         Existing::Ours(snapshot) => {
             let snapshot = *snapshot;
             let loaded = Loaded {

@@ -52,7 +52,6 @@ impl Logs {
     /// Opens the log for a new attempt: rotates it if it is over the cap, appends `header`
     /// (one line) and returns the file and the offset where this attempt's output starts.
     pub fn open_attempt(&self, name: &str, header: &str) -> io::Result<(File, u64)> {
-        self.rotate_if_needed(name)?;
         let open = || {
             OpenOptions::new()
                 .create(true)
@@ -68,7 +67,16 @@ impl Logs {
             }
             Err(err) => return Err(err),
         };
-        writeln!(file, "{header}")?;
+        // The size of the open file decides the rotation (one `fstat`, no second lookup of
+        // the path); the file stays open across it and appends at the new end.
+        if file.metadata()?.len() > self.max_bytes {
+            self.rotate(name, &file)?;
+        }
+        // One write for the header line.
+        let mut line = String::with_capacity(header.len() + 1);
+        line.push_str(header);
+        line.push('\n');
+        file.write_all(line.as_bytes())?;
         let offset = file.seek(SeekFrom::End(0))?;
         Ok((file, offset))
     }
@@ -85,12 +93,17 @@ impl Logs {
         if len <= self.max_bytes {
             return Ok(false);
         }
+        self.rotate(name, &OpenOptions::new().write(true).open(&path)?)?;
+        Ok(true)
+    }
+
+    /// Copies the log (open as `file`) to `<name>.log.1`, then truncates it.
+    fn rotate(&self, name: &str, file: &File) -> io::Result<()> {
         // Copy to a temporary name and rename, so `<name>.log.1` is always a whole file.
         let tmp = self.dir.join(format!(".{name}.log.1.tmp"));
-        std::fs::copy(&path, &tmp)?;
+        std::fs::copy(self.path(name), &tmp)?;
         std::fs::rename(&tmp, self.rotated(name))?;
-        OpenOptions::new().write(true).open(&path)?.set_len(0)?;
-        Ok(true)
+        file.set_len(0)
     }
 
     /// The last `lines` lines written since `from` (the attempt's offset). If the file was

@@ -29,19 +29,43 @@ impl ProcStat {
 /// parentheses, so fields are counted from its last `)`.
 pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `fields[0]` is field 3 (state), so field N is `fields[N - 3]`.
+    let mut fields = rest.split_whitespace();
+    // The first field after the name is field 3 (state), so field N is the (N - 3)th.
+    let state = fields.next()?.chars().next()?;
+    let pgrp = fields.nth(1)?.parse().ok()?;
+    let start_time = fields.nth(16)?.parse().ok()?;
     Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
+        state,
+        pgrp,
+        start_time,
     })
 }
 
 /// The stat of a live (or zombie) process; `None` once it is gone.
+///
+/// Read into a stack buffer with as few syscalls as the kernel allows (usually one `read`):
+/// the executor reads it for every process it spawns.
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    // The line is at most ~52 numbers and a 16-byte name: 1 KiB is ample.
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                // The kernel writes the whole line at once; its newline ends it.
+                if buf[len - 1] == b'\n' {
+                    break;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    parse_stat(std::str::from_utf8(&buf[..len]).ok()?)
 }
 
 /// Whether `pid` is still the process that was started at `start_time` (pids are reused).

@@ -292,7 +292,7 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
             source: std::io::Error::other(failure),
         });
     }
-    store.sync()?;
+    store.close()?;
     match result {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(exec::RunError::InvalidPlan(problems))) => Err(Error::Usage(format!(
@@ -405,7 +405,7 @@ pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
             source: std::io::Error::other(failure),
         });
     }
-    store.sync()?;
+    store.close()?;
     if stopped == 0 {
         reporter.note(&format!(
             "nothing of `{}` is running",

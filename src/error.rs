@@ -39,9 +39,20 @@ impl From<Diagnostics> for Error {
     }
 }
 
-/// Writes a file atomically: a temporary file in the same directory, then a rename, so a
-/// reader (or a crash) never sees half a file.
+/// Writes a file atomically: a temporary file in the same directory, synced, then a rename,
+/// so a reader (or a crash, even of the machine) never sees half a file.
 pub fn write_atomic(path: &std::path::Path, contents: &[u8]) -> Result<(), Error> {
+    replace_file(path, contents, true)
+}
+
+/// Like [`write_atomic`] without the sync: for files razar rebuilds from its database when
+/// they are unreadable (`razar_state.json`), where a sync per rewrite would only add latency.
+/// A reader still never sees half a file; after a power loss the file may be older or empty.
+pub fn write_mirror(path: &std::path::Path, contents: &[u8]) -> Result<(), Error> {
+    replace_file(path, contents, false)
+}
+
+fn replace_file(path: &std::path::Path, contents: &[u8], sync: bool) -> Result<(), Error> {
     use std::io::Write as _;
     let wrap = |source| Error::Write {
         path: path.to_path_buf(),
@@ -60,7 +71,9 @@ pub fn write_atomic(path: &std::path::Path, contents: &[u8]) -> Result<(), Error
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(contents)?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {

@@ -132,7 +132,17 @@ pub(crate) fn render_snapshot(snapshot: &Snapshot) -> String {
 
 /// Writes a file atomically (temp file, fsync, rename).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
-    crate::error::write_atomic(path, contents).map_err(|err| match err {
+    state_error(path, crate::error::write_atomic(path, contents))
+}
+
+/// Writes `razar_state.json` atomically without syncing it: the database is the truth, and an
+/// unreadable snapshot is rebuilt from it when the store opens.
+pub(crate) fn write_snapshot_file(path: &Path, contents: &[u8]) -> Result<(), StateError> {
+    state_error(path, crate::error::write_mirror(path, contents))
+}
+
+fn state_error(path: &Path, result: Result<(), crate::Error>) -> Result<(), StateError> {
+    result.map_err(|err| match err {
         crate::Error::Write { path, source } => StateError::Io { path, source },
         other => StateError::Io {
             path: path.to_path_buf(),

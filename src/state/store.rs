@@ -58,6 +58,8 @@ struct Live {
     changed: u64,
     written: u64,
     shutdown: bool,
+    /// [`Store::close`] wrote the final snapshot.
+    closed: bool,
 }
 
 struct Board {
@@ -134,7 +136,7 @@ impl Board {
                 live.changed,
             )
         };
-        let result = files::write_atomic(&self.paths.state_json(), text.as_bytes());
+        let result = files::write_snapshot_file(&self.paths.state_json(), text.as_bytes());
         let mut live = lock(&self.live);
         live.written = live.written.max(generation);
         result
@@ -172,18 +174,28 @@ impl Board {
     }
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        {
-            let mut live = lock(&self.board.live);
-            live.shutdown = true;
-            live.changed += 1;
-        }
+impl Shared {
+    /// Stops the snapshot writer thread and waits for it.
+    fn stop_writer(&self) {
+        lock(&self.board.live).shutdown = true;
         self.board.wake.notify_all();
         if let Some(writer) = lock(&self.writer).take() {
             let _ = writer.join();
         }
-        // The final snapshot says no apply holds the directory any more.
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop_writer();
+        {
+            let mut live = lock(&self.board.live);
+            if !live.closed {
+                live.changed += 1;
+            }
+        }
+        // The final snapshot says no apply holds the directory any more (written already
+        // when the store was closed and nothing changed since).
         if let Err(err) = self.board.write_snapshot(None) {
             self.board.fail(&err);
         }
@@ -302,6 +314,7 @@ impl Store {
                 changed: 1,
                 written: 0,
                 shutdown: false,
+                closed: false,
             }),
             wake: Condvar::new(),
             io: Mutex::new(()),
@@ -579,6 +592,22 @@ impl Store {
     }
 
     /// Makes everything durable and rewrites `razar_state.json` now.
+    /// Ends the apply's hold on the state: stops the snapshot writer, checkpoints the
+    /// database and writes the final `razar_state.json` (no apply holding it), reporting what
+    /// fails. Dropping the store does the same, logging failures instead; after `close` it has
+    /// nothing left to do.
+    pub fn close(&self) -> Result<(), StateError> {
+        self.shared.stop_writer();
+        self.shared.db.checkpoint()?;
+        let board = &self.shared.board;
+        {
+            let mut live = lock(&board.live);
+            live.changed += 1;
+            live.closed = true;
+        }
+        board.write_snapshot(None)
+    }
+
     pub fn sync(&self) -> Result<(), StateError> {
         self.shared.db.checkpoint()?;
         lock(&self.shared.board.live).changed += 1;

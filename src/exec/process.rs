@@ -244,6 +244,7 @@ pub fn spawn(
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
+    let before = sys::boottime_ns();
     let child = command.spawn().map_err(|err| {
         if resolved.is_some() {
             programs.forget(program, &search_path);
@@ -254,8 +255,14 @@ pub fn spawn(
     let pid = child
         .id()
         .expect("a child that was just spawned has not been reaped");
-    // The child cannot have been reaped yet, so /proc still has it (perhaps as a zombie).
-    let start_time = sys::proc_stat(pid).map_or(0, |s| s.start_time);
+    let after = sys::boottime_ns();
+    // Known from the boot clock, or else from /proc: the child cannot have been reaped yet,
+    // so /proc still has it (perhaps as a zombie).
+    let start_time = before
+        .zip(after)
+        .and_then(|(before, after)| sys::start_time_between(before, after))
+        .or_else(|| sys::proc_stat(pid).map(|s| s.start_time))
+        .unwrap_or(0);
     Ok(Spawned {
         proc: Proc::Child(child),
         pid,

@@ -344,9 +344,18 @@ mod tests {
     #[test]
     fn readings_across_a_tick_boundary_give_no_start_time() {
         let tick = 1_000_000_000 / clock_ticks_per_second().expect("clock ticks");
-        assert_eq!(start_time_between(5 * tick + 1_000_000, 5 * tick + 2_000_000), Some(5));
-        assert_eq!(start_time_between(6 * tick - 10_000, 6 * tick + 10_000), None);
-        assert_eq!(start_time_between(6 * tick - 10_000, 6 * tick - 5_000), None);
+        assert_eq!(
+            start_time_between(5 * tick + 1_000_000, 5 * tick + 2_000_000),
+            Some(5)
+        );
+        assert_eq!(
+            start_time_between(6 * tick - 10_000, 6 * tick + 10_000),
+            None
+        );
+        assert_eq!(
+            start_time_between(6 * tick - 10_000, 6 * tick - 5_000),
+            None
+        );
         assert_eq!(start_time_between(6 * tick + 5_000, 6 * tick + 9_000), None);
         assert_eq!(start_time_between(7 * tick, 6 * tick), None);
     }

@@ -20,8 +20,9 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -221,6 +222,9 @@ pub(crate) struct Db {
     trees: [sled::Tree; 5],
     journal: Mutex<Journal>,
     pending: Mutex<Pending>,
+    /// The background flush of the last checkpoint started by a commit: it flushes sled, then
+    /// removes the journal it made redundant (`db.journal.prev`).
+    flusher: Mutex<Option<JoinHandle<Result<(), StateError>>>>,
 }
 
 /// Why opening failed: another process has the database open, or something else.
@@ -295,23 +299,57 @@ impl Db {
                 len: 0,
             }),
             pending: Mutex::new(Pending::new()),
+            flusher: Mutex::new(None),
         };
         db.replay().map_err(OpenError::Failed)?;
         Ok(db)
     }
 
-    /// Applies what the journal holds beyond sled, then checkpoints. A torn last line (razar
-    /// killed mid-append) is ignored; an unreadable line stops the replay and the journal is
-    /// kept aside for inspection.
+    /// Applies what the journals hold beyond sled (`db.journal.prev`, left by a checkpoint
+    /// whose flush had not finished, then `db.journal`), then checkpoints. A torn last line
+    /// (razar killed mid-append) is ignored; an unreadable line stops the replay of that
+    /// journal, which is kept aside for inspection.
     fn replay(&self) -> Result<(), StateError> {
-        let path = lock(&self.journal).path.clone();
-        let bytes = match std::fs::read(&path) {
+        let current = lock(&self.journal).path.clone();
+        let journals = [previous_journal(&current), current];
+        let mut replayed = Vec::new();
+        for path in &journals {
+            if let Some(damaged) = self.replay_file(path)? {
+                replayed.push((path, damaged));
+            }
+        }
+        if replayed.is_empty() {
+            return Ok(());
+        }
+        self.apply_pending()?;
+        self.flush_sled()?;
+        for (path, damaged) in replayed {
+            if damaged {
+                let kept = files::move_aside(path, "damaged")?;
+                tracing::warn!(
+                    "`{}` has an unreadable entry; replay stopped there and the journal was kept as `{}`",
+                    path.display(),
+                    kept.display()
+                );
+            } else if *path == journals[0] {
+                remove_if_present(path)?;
+            } else {
+                self.truncate_journal()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages the entries of one journal file: `None` when it is missing or empty, else
+    /// whether it has an unreadable entry.
+    fn replay_file(&self, path: &Path) -> Result<Option<bool>, StateError> {
+        let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(StateError::io(&path, err)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(StateError::io(path, err)),
         };
         if bytes.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let complete = match bytes.iter().rposition(|&b| b == b'\n') {
             Some(end) => &bytes[..=end],
@@ -335,18 +373,7 @@ impl Db {
             "replayed {applied} journal entries from `{}`",
             path.display()
         );
-        self.apply_pending()?;
-        if damaged {
-            let kept = files::move_aside(&path, "damaged")?;
-            tracing::warn!(
-                "`{}` has an unreadable entry after {applied} good ones; replay stopped there and the journal was kept as `{}`",
-                path.display(),
-                kept.display()
-            );
-        } else {
-            self.truncate_journal()?;
-        }
-        Ok(())
+        Ok(Some(damaged))
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
@@ -536,7 +563,7 @@ impl Db {
             self.stage(op);
         }
         if checkpoint {
-            self.checkpoint()?;
+            self.checkpoint_in_background()?;
         }
         Ok(())
     }
@@ -564,19 +591,68 @@ impl Db {
     }
 
     /// Applies the writes sled has not received yet (each key once, one batch per tree),
-    /// flushes sled to disk, then empties the journal it made redundant. Callers must not
-    /// commit concurrently (the store commits under one lock).
+    /// flushes sled to disk, then empties the journal it made redundant; waits for a
+    /// background flush still running. Callers must not commit concurrently (the store
+    /// commits under one lock).
     pub fn checkpoint(&self) -> Result<(), StateError> {
+        self.wait_for_flush()?;
         // Every commit stages its writes, so nothing staged means the journal holds nothing
         // sled lacks: no flush needed.
         if lock(&self.pending).is_empty() {
             return Ok(());
         }
         self.apply_pending()?;
+        self.flush_sled()?;
         self.truncate_journal()
     }
 
-    /// Gives sled every staged write (each key once, one batch per tree) and flushes it.
+    /// The checkpoint a commit starts when the journal is full: sled receives the staged
+    /// writes now (in memory), and the journal is renamed `db.journal.prev`, so commits go on
+    /// into a fresh one while a thread flushes sled (tens of milliseconds on a busy disk)
+    /// and then removes the old journal. A crash before the flush finished leaves both
+    /// journals, and opening replays them in order.
+    fn checkpoint_in_background(&self) -> Result<(), StateError> {
+        self.wait_for_flush()?;
+        self.apply_pending()?;
+        let previous = {
+            let mut journal = lock(&self.journal);
+            let previous = previous_journal(&journal.path);
+            journal.file = None;
+            if journal.len > 0 {
+                std::fs::rename(&journal.path, &previous)
+                    .map_err(|e| StateError::io(&journal.path, e))?;
+            }
+            journal.len = 0;
+            previous
+        };
+        let sled = self.db.clone();
+        let path = self.path.clone();
+        let flush = std::thread::Builder::new()
+            .name("razar-flush".to_owned())
+            .spawn(move || {
+                sled.flush().map_err(|err| StateError::Database {
+                    path,
+                    detail: format!("cannot flush: {err}"),
+                })?;
+                remove_if_present(&previous)
+            })
+            .map_err(|e| self.error(format!("cannot start the flush thread: {e}")))?;
+        *lock(&self.flusher) = Some(flush);
+        Ok(())
+    }
+
+    /// Waits for the background flush, if one runs, and returns its error.
+    fn wait_for_flush(&self) -> Result<(), StateError> {
+        let Some(flush) = lock(&self.flusher).take() else {
+            return Ok(());
+        };
+        flush
+            .join()
+            .unwrap_or_else(|_| Err(self.error("the flush thread panicked".to_owned())))
+    }
+
+    /// Gives sled every staged write (each key once, one batch per tree), in memory: it
+    /// reaches the disk at the next flush.
     fn apply_pending(&self) -> Result<(), StateError> {
         let pending = std::mem::take(&mut *lock(&self.pending));
         let mut batches: [sled::Batch; 5] = Default::default();
@@ -591,7 +667,30 @@ impl Db {
                 .apply_batch(batch)
                 .map_err(|err| self.error(format!("cannot write `{}`: {err}", tree.name())))?;
         }
-        self.flush_sled()
+        Ok(())
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Err(err) = self.wait_for_flush() {
+            tracing::error!("{err}");
+        }
+    }
+}
+
+/// The journal a background checkpoint set aside until sled is flushed.
+fn previous_journal(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".prev");
+    PathBuf::from(name)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StateError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(StateError::io(path, err)),
     }
 }
 
@@ -667,6 +766,85 @@ mod tests {
             "a replayed journal is emptied once sled is flushed"
         );
         db.checkpoint().expect("checkpoint");
+        assert_eq!(
+            std::fs::metadata(paths.journal()).expect("journal").len(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_full_journal_is_set_aside_and_flushed_in_the_background() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        let value = "x".repeat(1000);
+        let mut n = 0u32;
+        // Commit until a checkpoint started: the journal was renamed and begun afresh.
+        while lock(&db.journal).len > 0 || n == 0 {
+            let mut batch = Batch::default();
+            batch.put(Tree::Components, &n.to_be_bytes(), &value);
+            db.commit(batch).expect("commit");
+            n += 1;
+            assert!(
+                u64::from(n) * 1000 < 2 * JOURNAL_CHECKPOINT,
+                "no checkpoint began"
+            );
+        }
+        // Commits go on while (or after) the flush runs.
+        let mut batch = Batch::default();
+        batch.put(Tree::Components, b"late", &7u32);
+        db.commit(batch).expect("commit");
+        db.wait_for_flush().expect("background flush");
+        assert!(
+            !previous_journal(&paths.journal()).exists(),
+            "the flushed journal is removed"
+        );
+        assert_eq!(
+            db.get::<String>(Tree::Components, &0u32.to_be_bytes())
+                .expect("get"),
+            Some(value.clone())
+        );
+        assert_eq!(
+            db.get::<u32>(Tree::Components, b"late").expect("get"),
+            Some(7)
+        );
+        drop(db);
+        let reopened = Db::open_patiently(&paths).expect("reopen");
+        assert_eq!(
+            reopened.get::<u32>(Tree::Components, b"late").expect("get"),
+            Some(7)
+        );
+        assert_eq!(
+            reopened
+                .get::<String>(Tree::Components, &(n - 1).to_be_bytes())
+                .expect("get"),
+            Some(value)
+        );
+    }
+
+    #[test]
+    fn a_journal_left_by_an_unfinished_flush_is_replayed_before_the_current_one() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        // What razar killed during a background flush leaves: both journals, the older one
+        // set aside, sled without their writes.
+        let line = |key: &[u8], value: u32| {
+            let mut batch = Batch::default();
+            batch.put(Tree::Components, key, &value);
+            batch.journal_lines()
+        };
+        let mut previous = line(b"a", 1);
+        previous.extend(line(b"b", 1));
+        std::fs::write(previous_journal(&paths.journal()), previous).expect("write prev");
+        std::fs::write(paths.journal(), line(b"b", 2)).expect("write journal");
+        let db = Db::open_patiently(&paths).expect("open");
+        assert_eq!(db.get::<u32>(Tree::Components, b"a").expect("get"), Some(1));
+        assert_eq!(
+            db.get::<u32>(Tree::Components, b"b").expect("get"),
+            Some(2),
+            "the current journal is newer"
+        );
+        assert!(!previous_journal(&paths.journal()).exists());
         assert_eq!(
             std::fs::metadata(paths.journal()).expect("journal").len(),
             0

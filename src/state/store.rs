@@ -4,7 +4,7 @@
 //! (journal first, see `db`) inside `emit`: before the executor proceeds, and so before the
 //! reporter shows the event, every transition survives razar being killed. `razar_state.json`
 //! is rewritten by a writer thread, coalesced to at most one rewrite per [`SNAPSHOT_INTERVAL`]
-//! (more apart for large stacks), synchronously at the end of a run and when the store closes.
+//! (more apart for large stacks), and once more when the store closes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -753,7 +753,6 @@ impl Recorder {
         let mut touched: Vec<String> = Vec::new();
         let mut batch = Batch::default();
         let mut quarantined: Option<QuarantineRecord> = None;
-        let mut finished = false;
 
         match &event.kind {
             EventKind::RunStarted {
@@ -1117,7 +1116,6 @@ impl Recorder {
                     run.outcome = Some(*outcome);
                     run.elapsed_ms = Some(*elapsed_ms);
                 }
-                finished = true;
             }
         }
 
@@ -1164,9 +1162,6 @@ impl Recorder {
                 "quarantined",
                 &files::quarantine_details(&record),
             )?;
-        }
-        if finished {
-            board.write_snapshot(Some(board.apply))?;
         }
         Ok(())
     }

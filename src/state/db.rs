@@ -101,50 +101,59 @@ impl Batch {
     }
 
     fn journal_lines(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        // One line per operation, built in one buffer (this runs for every event of a boot).
+        let size: usize = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(_, key, value) => 64 + 2 * key.len() + value.len(),
+                Op::Sample(key, _) => 256 + 2 * key.len(),
+                Op::Remove(_, key) => 64 + 2 * key.len(),
+            })
+            .sum();
+        let mut out = Vec::with_capacity(size);
         for op in &self.ops {
             match op {
                 Op::Put(tree, key, value) => {
-                    out.extend_from_slice(
-                        format!(
-                            "{{\"op\":\"put\",\"tree\":\"{}\",\"key\":\"{}\",\"value\":",
-                            tree.name(),
-                            hex(key)
-                        )
-                        .as_bytes(),
-                    );
+                    line_start(&mut out, "put", *tree, key);
+                    out.extend_from_slice(b",\"value\":");
                     out.extend_from_slice(value);
                     out.extend_from_slice(b"}\n");
                 }
                 Op::Sample(key, entry) => {
-                    out.extend_from_slice(
-                        format!(
-                            "{{\"op\":\"sample\",\"tree\":\"{}\",\"key\":\"{}\",\"value\":",
-                            Tree::History.name(),
-                            hex(key)
-                        )
-                        .as_bytes(),
-                    );
+                    line_start(&mut out, "sample", Tree::History, key);
+                    out.extend_from_slice(b",\"value\":");
                     serde_json::to_writer(&mut out, entry)
                         .expect("history samples serialise: plain data");
                     out.extend_from_slice(b"}\n");
                 }
-                Op::Remove(tree, key) => out.extend_from_slice(
-                    format!(
-                        "{{\"op\":\"remove\",\"tree\":\"{}\",\"key\":\"{}\"}}\n",
-                        tree.name(),
-                        hex(key)
-                    )
-                    .as_bytes(),
-                ),
+                Op::Remove(tree, key) => {
+                    line_start(&mut out, "remove", *tree, key);
+                    out.extend_from_slice(b"}\n");
+                }
             }
         }
         out
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// `{"op":"OP","tree":"TREE","key":"HEX"` (the caller ends the object).
+fn line_start(out: &mut Vec<u8>, op: &str, tree: Tree, key: &[u8]) {
+    out.extend_from_slice(b"{\"op\":\"");
+    out.extend_from_slice(op.as_bytes());
+    out.extend_from_slice(b"\",\"tree\":\"");
+    out.extend_from_slice(tree.name().as_bytes());
+    out.extend_from_slice(b"\",\"key\":\"");
+    push_hex(out, key);
+    out.push(b'"');
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -19,7 +19,7 @@ use super::{
 /// Schema: `schemas/razar_state.schema.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Snapshot {
+pub(crate) struct Snapshot<C = ComponentRecord, H = HistoryStats> {
     pub version: u32,
     pub generator: String,
     pub updated_at: String,
@@ -39,9 +39,11 @@ pub(crate) struct Snapshot {
     #[serde(default)]
     pub suggestions: Vec<super::SuggestionRecord>,
     pub handshake: CrownRecord,
-    pub components: BTreeMap<String, ComponentRecord>,
+    /// Written from per-component fragments the store keeps between rewrites (`C` is then
+    /// `&RawValue`), read as records.
+    pub components: BTreeMap<String, C>,
     pub quarantine: BTreeMap<String, QuarantineRecord>,
-    pub history: BTreeMap<String, HistoryStats>,
+    pub history: BTreeMap<String, H>,
     /// Recent events, oldest first.
     pub events: Vec<EventNote>,
 }
@@ -123,7 +125,21 @@ pub(crate) fn read_snapshot<T: serde::de::DeserializeOwned>(
     }
 }
 
-pub(crate) fn render_snapshot(snapshot: &Snapshot) -> String {
+/// A snapshot as written: components and history statistics as pre-rendered fragments.
+pub(crate) type RenderedSnapshot<'a> =
+    Snapshot<&'a serde_json::value::RawValue, &'a serde_json::value::RawValue>;
+
+/// One value rendered as it appears inside `components` or `history` of a pretty-printed
+/// snapshot (two levels deep), so a snapshot assembled from such fragments reads exactly like
+/// one rendered whole.
+pub(crate) fn render_fragment<T: Serialize>(value: &T) -> Box<serde_json::value::RawValue> {
+    let pretty = serde_json::to_string_pretty(value).expect("state records serialise: plain data");
+    // JSON strings escape their newlines, so every newline here is the formatter's.
+    let indented = pretty.replace('\n', "\n    ");
+    serde_json::value::RawValue::from_string(indented).expect("re-indenting keeps valid JSON valid")
+}
+
+pub(crate) fn render_snapshot(snapshot: &RenderedSnapshot<'_>) -> String {
     let mut text =
         serde_json::to_string_pretty(snapshot).expect("the snapshot serialises: plain data");
     text.push('\n');
@@ -312,4 +328,98 @@ pub(crate) fn quarantine_details(record: &QuarantineRecord) -> String {
     details.push_str("; ");
     details.push_str(&record.hint.replace("NAME", &record.component));
     details
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Kind;
+    use crate::state::history::Outcome;
+
+    #[test]
+    fn a_snapshot_assembled_from_fragments_reads_exactly_like_one_rendered_whole() {
+        let mut record = ComponentRecord::new(
+            Some(Kind::Service),
+            Some("abc".into()),
+            "2025-01-02T03:04:05.678Z",
+        );
+        record.reason = Some("line one\nline \"two\"".into());
+        let stats = HistoryStats {
+            command_hash: "abc".into(),
+            samples: 3,
+            failures: 1,
+            failure_rate: 1.0 / 3.0,
+            p50_ms: Some(40),
+            p90_ms: Some(90),
+            min_ms: Some(10),
+            max_ms: Some(90),
+            last_seen: "2025-01-02T03:04:05.678Z".into(),
+            last_outcome: Outcome::Ready,
+        };
+        let whole: Snapshot = Snapshot {
+            version: STATE_FORMAT,
+            generator: "razar test".into(),
+            updated_at: "2025-01-02T03:04:05.678Z".into(),
+            state_dir: PathBuf::from("/tmp/state"),
+            apply: Some(ApplyInfo {
+                pid: 42,
+                start_time: Some(7),
+            }),
+            run: None,
+            last_component: "api".into(),
+            capabilities: vec!["gpu".into()],
+            downtime: serde_json::Map::new(),
+            launched_models: Vec::new(),
+            model_launches: Vec::new(),
+            suggestions: Vec::new(),
+            handshake: CrownRecord::default(),
+            components: [
+                ("api".to_owned(), record.clone()),
+                ("db".to_owned(), record),
+            ]
+            .into_iter()
+            .collect(),
+            quarantine: BTreeMap::new(),
+            history: [("api".to_owned(), stats)].into_iter().collect(),
+            events: Vec::new(),
+        };
+        let mut expected = serde_json::to_string_pretty(&whole).expect("render");
+        expected.push('\n');
+        let components: BTreeMap<String, Box<serde_json::value::RawValue>> = whole
+            .components
+            .iter()
+            .map(|(k, v)| (k.clone(), render_fragment(v)))
+            .collect();
+        let history: BTreeMap<String, Box<serde_json::value::RawValue>> = whole
+            .history
+            .iter()
+            .map(|(k, v)| (k.clone(), render_fragment(v)))
+            .collect();
+        let assembled = render_snapshot(&Snapshot {
+            components: components
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref()))
+                .collect(),
+            history: history
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref()))
+                .collect(),
+            version: whole.version,
+            generator: whole.generator.clone(),
+            updated_at: whole.updated_at.clone(),
+            state_dir: whole.state_dir.clone(),
+            apply: whole.apply,
+            run: whole.run.clone(),
+            last_component: whole.last_component.clone(),
+            capabilities: whole.capabilities.clone(),
+            downtime: whole.downtime.clone(),
+            launched_models: whole.launched_models.clone(),
+            model_launches: whole.model_launches.clone(),
+            suggestions: whole.suggestions.clone(),
+            handshake: whole.handshake.clone(),
+            quarantine: whole.quarantine.clone(),
+            events: whole.events.clone(),
+        });
+        assert_eq!(assembled, expected);
+    }
 }

@@ -12,6 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::crown::LaunchRecord;
@@ -62,11 +64,69 @@ struct Live {
     closed: bool,
 }
 
+/// The rendered form of each component record and history statistic in the last snapshot,
+/// with the value it was rendered from.
+#[derive(Default)]
+struct Fragments {
+    components: BTreeMap<String, (ComponentRecord, Box<RawValue>)>,
+    history: BTreeMap<String, (HistoryStats, Box<RawValue>)>,
+}
+
+/// What changed since the last snapshot: new values, and names that are gone.
+struct Changed {
+    components: Entries<ComponentRecord>,
+    history: Entries<HistoryStats>,
+}
+
+struct Entries<T> {
+    updated: Vec<(String, T)>,
+    removed: Vec<String>,
+}
+
+/// The entries of `current` that `cache` lacks or holds a different value for.
+fn changed_entries<T: Clone + PartialEq>(
+    current: &BTreeMap<String, T>,
+    cache: &BTreeMap<String, (T, Box<RawValue>)>,
+) -> Entries<T> {
+    let updated = current
+        .iter()
+        .filter(|(name, value)| cache.get(*name).is_none_or(|(cached, _)| cached != *value))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let removed = cache
+        .keys()
+        .filter(|name| !current.contains_key(*name))
+        .cloned()
+        .collect();
+    Entries { updated, removed }
+}
+
+impl Fragments {
+    fn update(&mut self, changed: Changed) {
+        apply_entries(&mut self.components, changed.components);
+        apply_entries(&mut self.history, changed.history);
+    }
+}
+
+fn apply_entries<T: Serialize>(
+    cache: &mut BTreeMap<String, (T, Box<RawValue>)>,
+    entries: Entries<T>,
+) {
+    for name in entries.removed {
+        cache.remove(&name);
+    }
+    for (name, value) in entries.updated {
+        let raw = files::render_fragment(&value);
+        cache.insert(name, (value, raw));
+    }
+}
+
 struct Board {
     live: Mutex<Live>,
     wake: Condvar,
-    /// Serialises snapshot writes so they land in generation order.
-    io: Mutex<()>,
+    /// Serialises snapshot writes so they land in generation order; holds the fragments of
+    /// the last one.
+    io: Mutex<Fragments>,
     paths: Paths,
     apply: ApplyInfo,
     /// The first error that kept state from being saved.
@@ -100,9 +160,21 @@ impl Board {
         lock(&self.failure).get_or_insert(message);
     }
 
-    fn snapshot(&self, live: &Live, apply: Option<ApplyInfo>) -> Snapshot {
+    /// Copies what the snapshot needs out of `live` (held locked by the caller, so kept
+    /// short): everything but the components and history statistics the cache already has
+    /// rendered as they are now; those are left empty here.
+    fn snapshot_parts(
+        &self,
+        live: &Live,
+        apply: Option<ApplyInfo>,
+        cache: &Fragments,
+    ) -> (Snapshot<(), ()>, Changed) {
         let l = &live.loaded;
-        Snapshot {
+        let changed = Changed {
+            components: changed_entries(&l.components, &cache.components),
+            history: changed_entries(&l.history, &cache.history),
+        };
+        let parts = Snapshot {
             version: STATE_FORMAT,
             generator: format!("razar {}", env!("CARGO_PKG_VERSION")),
             updated_at: now(),
@@ -116,26 +188,55 @@ impl Board {
             model_launches: l.model_launches.clone(),
             suggestions: l.suggestions.clone(),
             handshake: l.crown.clone(),
-            components: l.components.clone(),
+            components: BTreeMap::new(),
             quarantine: l.quarantine.clone(),
-            history: l.history.clone(),
+            history: BTreeMap::new(),
             events: live.events.iter().cloned().collect(),
-        }
+        };
+        (parts, changed)
     }
 
-    /// Renders and writes the snapshot now, unless a newer one is already on disk.
+    /// Renders and writes the snapshot now, unless a newer one is already on disk. Only the
+    /// components (and statistics) that changed since the last rewrite are rendered again,
+    /// and the state is locked only while they are copied, never while rendering.
     fn write_snapshot(&self, apply: Option<ApplyInfo>) -> Result<(), StateError> {
-        let _io = lock(&self.io);
-        let (text, generation) = {
+        let mut cache = lock(&self.io);
+        let (parts, changed, generation) = {
             let live = lock(&self.live);
             if live.written >= live.changed {
                 return Ok(());
             }
-            (
-                files::render_snapshot(&self.snapshot(&live, apply)),
-                live.changed,
-            )
+            let (parts, changed) = self.snapshot_parts(&live, apply, &cache);
+            (parts, changed, live.changed)
         };
+        cache.update(changed);
+        let text = files::render_snapshot(&Snapshot {
+            components: cache
+                .components
+                .iter()
+                .map(|(name, (_, raw))| (name.clone(), raw.as_ref()))
+                .collect(),
+            history: cache
+                .history
+                .iter()
+                .map(|(name, (_, raw))| (name.clone(), raw.as_ref()))
+                .collect(),
+            version: parts.version,
+            generator: parts.generator,
+            updated_at: parts.updated_at,
+            state_dir: parts.state_dir,
+            apply: parts.apply,
+            run: parts.run,
+            last_component: parts.last_component,
+            capabilities: parts.capabilities,
+            downtime: parts.downtime,
+            launched_models: parts.launched_models,
+            model_launches: parts.model_launches,
+            suggestions: parts.suggestions,
+            handshake: parts.handshake,
+            quarantine: parts.quarantine,
+            events: parts.events,
+        });
         let result = files::write_snapshot_file(&self.paths.state_json(), text.as_bytes());
         let mut live = lock(&self.live);
         live.written = live.written.max(generation);
@@ -317,7 +418,7 @@ impl Store {
                 closed: false,
             }),
             wake: Condvar::new(),
-            io: Mutex::new(()),
+            io: Mutex::new(Fragments::default()),
             paths,
             apply: ApplyInfo {
                 pid: me,

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -231,9 +231,13 @@ pub(crate) struct Db {
     trees: [sled::Tree; 5],
     journal: Mutex<Journal>,
     pending: Mutex<Pending>,
-    /// The background flush of the last checkpoint started by a commit: it flushes sled, then
-    /// removes the journal it made redundant (`db.journal.prev`).
+    /// The background flush of the last checkpoint started by a commit: it gives sled the
+    /// writes in [`Db::inflight`], flushes it, then removes the journal they came from
+    /// (`db.journal.prev`).
     flusher: Mutex<Option<JoinHandle<Result<(), StateError>>>>,
+    /// The staged writes a background checkpoint is giving sled: read between
+    /// [`Db::pending`] and sled until the flush thread is done with them.
+    inflight: Arc<Mutex<Option<Arc<Pending>>>>,
 }
 
 /// Why opening failed: another process has the database open, or something else.
@@ -309,6 +313,7 @@ impl Db {
             }),
             pending: Mutex::new(Pending::new()),
             flusher: Mutex::new(None),
+            inflight: Arc::new(Mutex::new(None)),
         };
         db.replay().map_err(OpenError::Failed)?;
         Ok(db)
@@ -412,9 +417,7 @@ impl Db {
         tree: Tree,
         key: &[u8],
     ) -> Result<Option<T>, StateError> {
-        let pending = lock(&self.pending)
-            .get(&(tree as usize, key.to_vec()))
-            .map(Staged::bytes);
+        let pending = self.staged(tree, key, Staged::bytes);
         let value = match pending {
             Some(value) => value,
             None => self
@@ -428,48 +431,88 @@ impl Db {
             .transpose()
     }
 
+    /// `read` of the latest staged value of a key (pending, else in flight to sled), if any.
+    fn staged<T>(&self, tree: Tree, key: &[u8], read: impl Fn(&Staged) -> T) -> Option<T> {
+        let slot = (tree as usize, key.to_vec());
+        if let Some(value) = lock(&self.pending).get(&slot) {
+            return Some(read(value));
+        }
+        let inflight = lock(&self.inflight).clone()?;
+        inflight.get(&slot).map(read)
+    }
+
     /// The statistics of every history ring, in key order, each read without building its
     /// samples.
     pub fn all_history_stats(&self) -> Result<Vec<(Vec<u8>, super::HistoryStats)>, StateError> {
-        let merged = self.merged(Tree::History)?;
-        let mut out = Vec::with_capacity(merged.len());
-        for (key, bytes) in merged {
-            let Some(bytes) = bytes else { continue };
-            let digest: super::history::RingDigest<'_> = serde_json::from_slice(&bytes)
-                .map_err(|err| self.corrupt(Tree::History, &key, err))?;
+        let mut out = Vec::new();
+        self.each(Tree::History, |key, bytes| {
+            let digest: super::history::RingDigest<'_> = serde_json::from_slice(bytes)
+                .map_err(|err| self.corrupt(Tree::History, key, err))?;
             if let Some(stats) = digest.stats() {
-                out.push((key, stats));
+                out.push((key.to_vec(), stats));
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
-    /// sled's records of a tree overlaid with the staged ones, in key order.
-    fn merged(&self, tree: Tree) -> Result<BTreeMap<Vec<u8>, Option<Vec<u8>>>, StateError> {
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for item in self.tree(tree).iter() {
-            let (key, bytes) =
-                item.map_err(|err| self.error(format!("cannot read `{}`: {err}", tree.name())))?;
-            merged.insert(key.to_vec(), Some(bytes.to_vec()));
+    /// Calls `f` with every record of a tree as it stands (sled's, overlaid with the staged
+    /// ones, removed ones left out), in key order. sled's values are read in place, not
+    /// copied.
+    fn each(
+        &self,
+        tree: Tree,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        // Taken before sled is read: writes the flush thread gives sled after this point are
+        // then overlaid from here, and before it they are in sled already.
+        let inflight = lock(&self.inflight).clone();
+        let mut overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for staged in inflight.iter().map(|i| &**i) {
+            for ((t, key), value) in staged.iter() {
+                if *t == tree as usize {
+                    overlay.insert(key.clone(), value.bytes());
+                }
+            }
         }
         for ((t, key), value) in lock(&self.pending).iter() {
             if *t == tree as usize {
-                merged.insert(key.clone(), value.bytes());
+                overlay.insert(key.clone(), value.bytes());
             }
         }
-        Ok(merged)
+        let mut staged = overlay.iter().peekable();
+        for item in self.tree(tree).iter() {
+            let (key, bytes) =
+                item.map_err(|err| self.error(format!("cannot read `{}`: {err}", tree.name())))?;
+            // Staged keys that sort before this one (new keys) come first.
+            while let Some((k, v)) = staged.next_if(|(k, _)| k.as_slice() < key.as_ref()) {
+                if let Some(v) = v {
+                    f(k, v)?;
+                }
+            }
+            match staged.next_if(|(k, _)| k.as_slice() == key.as_ref()) {
+                Some((k, Some(v))) => f(k, v)?,
+                Some((_, None)) => {}
+                None => f(&key, &bytes)?,
+            }
+        }
+        for (k, v) in staged {
+            if let Some(v) = v {
+                f(k, v)?;
+            }
+        }
+        Ok(())
     }
 
     /// Every record of a tree, in key order.
     pub fn all<T: DeserializeOwned>(&self, tree: Tree) -> Result<Vec<(Vec<u8>, T)>, StateError> {
-        let merged = self.merged(tree)?;
-        let mut out = Vec::with_capacity(merged.len());
-        for (key, bytes) in merged {
-            let Some(bytes) = bytes else { continue };
+        let mut out = Vec::new();
+        self.each(tree, |key, bytes| {
             let value =
-                serde_json::from_slice(&bytes).map_err(|err| self.corrupt(tree, &key, err))?;
-            out.push((key, value));
-        }
+                serde_json::from_slice(bytes).map_err(|err| self.corrupt(tree, key, err))?;
+            out.push((key.to_vec(), value));
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -491,16 +534,13 @@ impl Db {
                     Some(Staged::Ring(ring)) => Some(ring),
                     Some(Staged::Value(bytes)) => self.ring_from(&slot.1, &bytes),
                     Some(Staged::Removed) => None,
-                    None => match self.tree(Tree::History).get(&slot.1) {
-                        Ok(Some(bytes)) => self.ring_from(&slot.1, &bytes),
-                        Ok(None) => None,
-                        Err(err) => {
-                            tracing::warn!(
-                                "history of `{}` unreadable ({err}); started afresh",
-                                String::from_utf8_lossy(&slot.1)
-                            );
-                            None
-                        }
+                    // Still on its way to sled: the in-flight value is the latest. (Once
+                    // the flush thread drops it, sled has it.)
+                    None => match self.in_flight(&slot).as_ref().and_then(|i| i.get(&slot)) {
+                        Some(Staged::Ring(ring)) => Some(ring.clone()),
+                        Some(Staged::Value(bytes)) => self.ring_from(&slot.1, bytes),
+                        Some(Staged::Removed) => None,
+                        None => self.stored_ring(&slot.1),
                     },
                 };
                 let mut ring = ring.unwrap_or_else(|| Ring::new(entry.command_hash.clone()));
@@ -508,6 +548,29 @@ impl Db {
                 pending.insert(slot, Staged::Ring(ring));
             }
         }
+    }
+
+    /// The ring sled holds for `key`; `None` (started afresh) if it has none or it cannot be
+    /// read (history is statistics: losing it must not stop a boot).
+    fn stored_ring(&self, key: &[u8]) -> Option<Ring> {
+        match self.tree(Tree::History).get(key) {
+            Ok(Some(bytes)) => self.ring_from(key, &bytes),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(
+                    "history of `{}` unreadable ({err}); started afresh",
+                    String::from_utf8_lossy(key)
+                );
+                None
+            }
+        }
+    }
+
+    /// The writes a background checkpoint is still giving sled, if they hold `slot`.
+    fn in_flight(&self, slot: &(usize, Vec<u8>)) -> Option<Arc<Pending>> {
+        lock(&self.inflight)
+            .clone()
+            .filter(|inflight| inflight.contains_key(slot))
     }
 
     /// The statistics of the history ring of `key`: from the ring staged in memory (there is
@@ -615,14 +678,15 @@ impl Db {
         self.truncate_journal()
     }
 
-    /// The checkpoint a commit starts when the journal is full: sled receives the staged
-    /// writes now (in memory), and the journal is renamed `db.journal.prev`, so commits go on
-    /// into a fresh one while a thread flushes sled (tens of milliseconds on a busy disk)
-    /// and then removes the old journal. A crash before the flush finished leaves both
-    /// journals, and opening replays them in order.
+    /// The checkpoint a commit starts when the journal is full: the staged writes move to
+    /// [`Db::inflight`] (still read from there) and the journal is renamed `db.journal.prev`,
+    /// so commits go on into a fresh one while a thread gives sled those writes, flushes it
+    /// (tens of milliseconds on a busy disk) and then removes the old journal. A crash before
+    /// the flush finished leaves both journals, and opening replays them in order.
     fn checkpoint_in_background(&self) -> Result<(), StateError> {
         self.wait_for_flush()?;
-        self.apply_pending()?;
+        let staged = Arc::new(std::mem::take(&mut *lock(&self.pending)));
+        *lock(&self.inflight) = Some(Arc::clone(&staged));
         let previous = {
             let mut journal = lock(&self.journal);
             let previous = previous_journal(&journal.path);
@@ -634,15 +698,33 @@ impl Db {
             journal.len = 0;
             previous
         };
+        let trees = self.trees.clone();
         let sled = self.db.clone();
         let path = self.path.clone();
+        let inflight = Arc::clone(&self.inflight);
         let flush = std::thread::Builder::new()
             .name("razar-flush".to_owned())
             .spawn(move || {
-                sled.flush().map_err(|err| StateError::Database {
-                    path,
-                    detail: format!("cannot flush: {err}"),
-                })?;
+                let failed = |detail: String| StateError::Database {
+                    path: path.clone(),
+                    detail,
+                };
+                let mut batches: [sled::Batch; 5] = Default::default();
+                for ((tree, key), value) in staged.iter() {
+                    match value.bytes() {
+                        Some(value) => batches[*tree].insert(key.as_slice(), value),
+                        None => batches[*tree].remove(key.as_slice()),
+                    }
+                }
+                for ((tree, batch), sled_tree) in TREES.into_iter().zip(batches).zip(&trees) {
+                    sled_tree
+                        .apply_batch(batch)
+                        .map_err(|err| failed(format!("cannot write `{}`: {err}", tree.name())))?;
+                }
+                // sled has the writes (in memory): reads find them there from now on.
+                *lock(&inflight) = None;
+                sled.flush()
+                    .map_err(|err| failed(format!("cannot flush: {err}")))?;
                 remove_if_present(&previous)
             })
             .map_err(|e| self.error(format!("cannot start the flush thread: {e}")))?;
@@ -871,6 +953,65 @@ mod tests {
                 outcome: super::super::history::Outcome::Completed,
             },
         }
+    }
+
+    #[test]
+    fn every_record_is_sleds_overlaid_with_the_staged_ones_in_key_order() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        let mut batch = Batch::default();
+        for (key, value) in [(b"a", 1u32), (b"c", 3), (b"e", 5)] {
+            batch.put(Tree::Components, key, &value);
+        }
+        db.commit(batch).expect("commit");
+        db.checkpoint().expect("checkpoint");
+        let mut batch = Batch::default();
+        batch.put(Tree::Components, b"b", &2u32);
+        batch.remove(Tree::Components, b"c");
+        batch.put(Tree::Components, b"e", &50u32);
+        batch.put(Tree::Components, b"f", &6u32);
+        batch.put(Tree::Runs, b"a", &0u32);
+        db.commit(batch).expect("commit");
+        let all = db.all::<u32>(Tree::Components).expect("all");
+        let expected: Vec<(Vec<u8>, u32)> = [(b"a", 1), (b"b", 2), (b"e", 50), (b"f", 6)]
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v))
+            .collect();
+        assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn writes_in_flight_to_sled_are_read_and_built_on() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        for ms in 1..=3 {
+            let mut batch = Batch::default();
+            batch.sample(b"t", entry(ms));
+            batch.put(Tree::Components, b"c", &ms);
+            db.commit(batch).expect("commit");
+        }
+        // What a background checkpoint holds while its thread has not given sled the writes
+        // yet: nothing pending, everything in flight, sled without it.
+        let staged = std::mem::take(&mut *lock(&db.pending));
+        *lock(&db.inflight) = Some(Arc::new(staged));
+        assert_eq!(db.get::<u64>(Tree::Components, b"c").expect("get"), Some(3));
+        let all = db.all::<u64>(Tree::Components).expect("all");
+        assert_eq!(all, vec![(b"c".to_vec(), 3)]);
+        let mut batch = Batch::default();
+        batch.sample(b"t", entry(4));
+        db.commit(batch).expect("commit");
+        let ring = db
+            .get::<Ring>(Tree::History, b"t")
+            .expect("get")
+            .expect("ring");
+        let durations: Vec<u64> = ring.samples.iter().map(|s| s.duration_ms).collect();
+        assert_eq!(
+            durations,
+            [1, 2, 3, 4],
+            "the new sample extends the ring in flight"
+        );
     }
 
     #[test]

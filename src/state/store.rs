@@ -306,6 +306,28 @@ impl Drop for Shared {
     }
 }
 
+/// Opens the database (refusing one from a newer razar, marking a new one with the format)
+/// and loads what it holds.
+fn open_database(paths: &Paths) -> Result<(Db, Loaded), StateError> {
+    let db = Db::open_patiently(paths)?;
+    match db.get::<u64>(Tree::Meta, b"format")? {
+        Some(found) if found > u64::from(STATE_FORMAT) => {
+            return Err(StateError::Newer {
+                path: paths.db(),
+                found,
+            });
+        }
+        Some(_) => {}
+        None => {
+            let mut batch = Batch::default();
+            batch.put(Tree::Meta, b"format", &u64::from(STATE_FORMAT));
+            db.commit(batch)?;
+        }
+    }
+    let loaded = view::load(&db)?;
+    Ok((db, loaded))
+}
+
 impl Store {
     /// Opens the state directory for writing: creates it, the database and the files on first
     /// use; takes the apply lock (refused with [`StateError::Locked`] naming the holder's pid);
@@ -315,29 +337,23 @@ impl Store {
         let paths = Paths::new(state_dir);
         std::fs::create_dir_all(&paths.dir).map_err(|e| StateError::io(&paths.dir, e))?;
         let apply_lock = ApplyLock::acquire(&paths)?;
-        let db = Db::open_patiently(&paths)?;
-        match db.get::<u64>(Tree::Meta, b"format")? {
-            Some(found) if found > u64::from(STATE_FORMAT) => {
-                return Err(StateError::Newer {
-                    path: paths.db(),
-                    found,
-                });
-            }
-            Some(_) => {}
-            None => {
-                let mut batch = Batch::default();
-                batch.put(Tree::Meta, b"format", &u64::from(STATE_FORMAT));
-                db.commit(batch)?;
-            }
-        }
-        let mut loaded = view::load(&db)?;
+        // The old snapshot is read on a second thread while this one opens the database.
+        let state_json = paths.state_json();
+        let (opened, existing) = std::thread::scope(|scope| {
+            let existing = scope.spawn(|| files::read_snapshot::<SnapshotEvents>(&state_json));
+            let opened = open_database(&paths);
+            let existing = existing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (opened, existing)
+        });
+        let (db, mut loaded) = opened?;
         let mut events = VecDeque::new();
         let mut notes = Vec::new();
 
         // razar_state.json: carry over what it holds that the database does not (ABZU's keys,
         // recent events); keep anything unreadable or foreign next to it.
-        let state_json = paths.state_json();
-        match files::read_snapshot::<SnapshotEvents>(&state_json)? {
+        match existing? {
             Existing::Missing => {}
             Existing::Ours(snapshot) => events.extend(snapshot.events),
             Existing::Unreadable(detail) => {

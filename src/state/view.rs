@@ -50,18 +50,26 @@ pub(crate) fn load(db: &Db) -> Result<Loaded, StateError> {
         Some(seq) => db.get::<RunRecord>(Tree::Runs, &seq.to_be_bytes())?,
         None => None,
     };
-    let components = db
-        .all::<ComponentRecord>(Tree::Components)?
+    // The history rings (the bulk of the bytes) are digested on a second thread while this
+    // one reads the component and quarantine records.
+    let (components, quarantine, history) = std::thread::scope(|scope| {
+        let history = scope.spawn(|| db.all_history_stats());
+        let components = db.all::<ComponentRecord>(Tree::Components);
+        let quarantine = db.all::<QuarantineRecord>(Tree::Quarantine);
+        let history = history
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (components, quarantine, history)
+    });
+    let components = components?
         .into_iter()
         .map(|(k, v)| (utf8(k), v))
         .collect();
-    let quarantine = db
-        .all::<QuarantineRecord>(Tree::Quarantine)?
+    let quarantine = quarantine?
         .into_iter()
         .map(|(k, v)| (utf8(k), v))
         .collect();
-    let history = db
-        .all_history_stats()?
+    let history = history?
         .into_iter()
         .map(|(k, stats)| (utf8(k), stats))
         .collect();

@@ -61,14 +61,8 @@ pub(crate) fn load(db: &Db) -> Result<Loaded, StateError> {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (components, quarantine, history)
     });
-    let components = components?
-        .into_iter()
-        .map(|(k, v)| (utf8(k), v))
-        .collect();
-    let quarantine = quarantine?
-        .into_iter()
-        .map(|(k, v)| (utf8(k), v))
-        .collect();
+    let components = components?.into_iter().map(|(k, v)| (utf8(k), v)).collect();
+    let quarantine = quarantine?.into_iter().map(|(k, v)| (utf8(k), v)).collect();
     let history = history?
         .into_iter()
         .map(|(k, stats)| (utf8(k), stats))

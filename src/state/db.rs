@@ -203,14 +203,6 @@ enum Staged {
 
 impl Staged {
     /// The value's bytes as sled will hold them (`None`: removed).
-    fn into_bytes(self) -> Option<Vec<u8>> {
-        match self {
-            Staged::Value(bytes) => Some(bytes),
-            other => other.bytes(),
-        }
-    }
-
-    /// The value's bytes as sled will hold them (`None`: removed).
     fn bytes(&self) -> Option<Vec<u8>> {
         match self {
             Staged::Value(bytes) => Some(bytes.clone()),
@@ -709,18 +701,7 @@ impl Db {
                     path: path.clone(),
                     detail,
                 };
-                let mut batches: [sled::Batch; 5] = Default::default();
-                for ((tree, key), value) in staged.iter() {
-                    match value.bytes() {
-                        Some(value) => batches[*tree].insert(key.as_slice(), value),
-                        None => batches[*tree].remove(key.as_slice()),
-                    }
-                }
-                for ((tree, batch), sled_tree) in TREES.into_iter().zip(batches).zip(&trees) {
-                    sled_tree
-                        .apply_batch(batch)
-                        .map_err(|err| failed(format!("cannot write `{}`: {err}", tree.name())))?;
-                }
+                give_sled(&trees, &staged).map_err(failed)?;
                 // sled has the writes (in memory): reads find them there from now on.
                 *lock(&inflight) = None;
                 sled.flush()
@@ -746,20 +727,26 @@ impl Db {
     /// reaches the disk at the next flush.
     fn apply_pending(&self) -> Result<(), StateError> {
         let pending = std::mem::take(&mut *lock(&self.pending));
-        let mut batches: [sled::Batch; 5] = Default::default();
-        for ((tree, key), value) in pending {
-            match value.into_bytes() {
-                Some(value) => batches[tree].insert(key, value),
-                None => batches[tree].remove(key),
-            }
-        }
-        for (tree, batch) in TREES.into_iter().zip(batches) {
-            self.tree(tree)
-                .apply_batch(batch)
-                .map_err(|err| self.error(format!("cannot write `{}`: {err}", tree.name())))?;
-        }
-        Ok(())
+        give_sled(&self.trees, &pending).map_err(|detail| self.error(detail))
     }
+}
+
+/// Applies `staged` to sled's trees (each key once, one batch per tree), in memory: it
+/// reaches the disk at the next flush. The error says which tree failed.
+fn give_sled(trees: &[sled::Tree; 5], staged: &Pending) -> Result<(), String> {
+    let mut batches: [sled::Batch; 5] = Default::default();
+    for ((tree, key), value) in staged {
+        match value.bytes() {
+            Some(value) => batches[*tree].insert(key.as_slice(), value),
+            None => batches[*tree].remove(key.as_slice()),
+        }
+    }
+    for ((tree, batch), sled_tree) in TREES.into_iter().zip(batches).zip(trees) {
+        sled_tree
+            .apply_batch(batch)
+            .map_err(|err| format!("cannot write `{}`: {err}", tree.name()))?;
+    }
+    Ok(())
 }
 
 impl Drop for Db {

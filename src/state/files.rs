@@ -125,6 +125,35 @@ pub(crate) fn read_snapshot<T: serde::de::DeserializeOwned>(
     }
 }
 
+impl<C, H> Snapshot<C, H> {
+    /// The same snapshot with other component and history entries (e.g. rendered ones).
+    pub(crate) fn with_entries<C2, H2>(
+        self,
+        components: BTreeMap<String, C2>,
+        history: BTreeMap<String, H2>,
+    ) -> Snapshot<C2, H2> {
+        Snapshot {
+            version: self.version,
+            generator: self.generator,
+            updated_at: self.updated_at,
+            state_dir: self.state_dir,
+            apply: self.apply,
+            run: self.run,
+            last_component: self.last_component,
+            capabilities: self.capabilities,
+            downtime: self.downtime,
+            launched_models: self.launched_models,
+            model_launches: self.model_launches,
+            suggestions: self.suggestions,
+            handshake: self.handshake,
+            components,
+            quarantine: self.quarantine,
+            history,
+            events: self.events,
+        }
+    }
+}
+
 /// A snapshot as written: components and history statistics as pre-rendered fragments.
 pub(crate) type RenderedSnapshot<'a> =
     Snapshot<&'a serde_json::value::RawValue, &'a serde_json::value::RawValue>;
@@ -395,31 +424,18 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.clone(), render_fragment(v)))
             .collect();
-        let assembled = render_snapshot(&Snapshot {
-            components: components
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_ref()))
-                .collect(),
-            history: history
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_ref()))
-                .collect(),
-            version: whole.version,
-            generator: whole.generator.clone(),
-            updated_at: whole.updated_at.clone(),
-            state_dir: whole.state_dir.clone(),
-            apply: whole.apply,
-            run: whole.run.clone(),
-            last_component: whole.last_component.clone(),
-            capabilities: whole.capabilities.clone(),
-            downtime: whole.downtime.clone(),
-            launched_models: whole.launched_models.clone(),
-            model_launches: whole.model_launches.clone(),
-            suggestions: whole.suggestions.clone(),
-            handshake: whole.handshake.clone(),
-            quarantine: whole.quarantine.clone(),
-            events: whole.events.clone(),
-        });
+        let assembled = render_snapshot(
+            &whole.clone().with_entries(
+                components
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_ref()))
+                    .collect(),
+                history
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_ref()))
+                    .collect(),
+            ),
+        );
         assert_eq!(assembled, expected);
     }
 }

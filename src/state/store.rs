@@ -210,33 +210,20 @@ impl Board {
             (parts, changed, live.changed)
         };
         cache.update(changed);
-        let text = files::render_snapshot(&Snapshot {
-            components: cache
-                .components
-                .iter()
-                .map(|(name, (_, raw))| (name.clone(), raw.as_ref()))
-                .collect(),
-            history: cache
-                .history
-                .iter()
-                .map(|(name, (_, raw))| (name.clone(), raw.as_ref()))
-                .collect(),
-            version: parts.version,
-            generator: parts.generator,
-            updated_at: parts.updated_at,
-            state_dir: parts.state_dir,
-            apply: parts.apply,
-            run: parts.run,
-            last_component: parts.last_component,
-            capabilities: parts.capabilities,
-            downtime: parts.downtime,
-            launched_models: parts.launched_models,
-            model_launches: parts.model_launches,
-            suggestions: parts.suggestions,
-            handshake: parts.handshake,
-            quarantine: parts.quarantine,
-            events: parts.events,
-        });
+        let text = files::render_snapshot(
+            &parts.with_entries(
+                cache
+                    .components
+                    .iter()
+                    .map(|(name, (_, raw))| (name.clone(), raw.as_ref()))
+                    .collect(),
+                cache
+                    .history
+                    .iter()
+                    .map(|(name, (_, raw))| (name.clone(), raw.as_ref()))
+                    .collect(),
+            ),
+        );
         let result = files::write_snapshot_file(&self.paths.state_json(), text.as_bytes());
         let mut live = lock(&self.live);
         live.written = live.written.max(generation);

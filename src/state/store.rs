@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::crown::LaunchRecord;
-use super::db::{Batch, Db, Tree};
+use super::db::{Batch, Db, HISTORY_STATS_COMPLETE, Tree};
 use super::files::{self, ApplyInfo, Existing, Snapshot, SnapshotEvents};
 use super::history::{Outcome as SampleOutcome, Sample, SampleEntry};
 use super::lock::ApplyLock;
@@ -312,6 +312,16 @@ fn open_database(paths: &Paths) -> Result<(Db, Loaded), StateError> {
         }
     }
     let loaded = view::load(&db)?;
+    // A database from before the `history_stats` tree: fill it from the rings just read, so
+    // the next opening reads only the statistics.
+    if db.get::<bool>(Tree::Meta, HISTORY_STATS_COMPLETE)? != Some(true) {
+        let mut batch = Batch::default();
+        for (name, stats) in &loaded.history {
+            batch.put(Tree::HistoryStats, name.as_bytes(), stats);
+        }
+        batch.put(Tree::Meta, HISTORY_STATS_COMPLETE, &true);
+        db.commit(batch)?;
+    }
     Ok((db, loaded))
 }
 

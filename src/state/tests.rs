@@ -516,6 +516,75 @@ fn history_follows_the_command_and_feeds_planner_weights() {
 }
 
 #[test]
+fn history_statistics_are_kept_with_the_rings_and_filled_in_for_an_older_database() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("state");
+    let plan = plan_of(tmp.path(), STACK);
+    {
+        let store = Store::open(&dir).expect("open");
+        let mut rec = store.recorder(&plan);
+        rec.emit(&ev(0, started("r1", false)));
+        for (i, ms) in [30u64, 10, 20].into_iter().enumerate() {
+            rec.emit(&ev(
+                ms,
+                EventKind::Completed {
+                    component: "migrate".into(),
+                    attempt: i as u32 + 1,
+                    after_ms: ms,
+                },
+            ));
+        }
+        store.close().expect("close");
+    }
+    let paths = Paths::new(&dir);
+    let expected = {
+        let db = db::Db::open_patiently(&paths).expect("open");
+        let ring: history::Ring = db
+            .get(db::Tree::History, b"migrate")
+            .expect("get")
+            .expect("a ring");
+        let stats = ring.stats().expect("statistics");
+        assert_eq!(
+            db.get::<HistoryStats>(db::Tree::HistoryStats, b"migrate")
+                .expect("get"),
+            Some(stats.clone()),
+            "the statistics are written with the ring"
+        );
+        assert_eq!(
+            db.get::<bool>(db::Tree::Meta, db::HISTORY_STATS_COMPLETE)
+                .expect("get"),
+            Some(true)
+        );
+        // What a razar from before the statistics tree leaves: rings only.
+        let mut batch = db::Batch::default();
+        batch.remove(db::Tree::HistoryStats, b"migrate");
+        batch.remove(db::Tree::Meta, db::HISTORY_STATS_COMPLETE);
+        db.commit(batch).expect("commit");
+        db.checkpoint().expect("checkpoint");
+        stats
+    };
+    // Opening digests the rings once and fills the tree in...
+    let store = Store::open(&dir).expect("reopen");
+    assert_eq!(store.history()["migrate"], expected);
+    drop(store);
+    let db = db::Db::open_patiently(&paths).expect("open");
+    assert_eq!(
+        db.get::<HistoryStats>(db::Tree::HistoryStats, b"migrate")
+            .expect("get"),
+        Some(expected.clone())
+    );
+    // ...and the next opening reads it, not the rings (a marked record shows which).
+    let mut marked = expected.clone();
+    marked.samples = 99;
+    let mut batch = db::Batch::default();
+    batch.put(db::Tree::HistoryStats, b"migrate", &marked);
+    db.commit(batch).expect("commit");
+    db.checkpoint().expect("checkpoint");
+    drop(db);
+    assert_eq!(read(&dir).expect("read").history["migrate"], marked);
+}
+
+#[test]
 fn the_snapshot_follows_events_without_an_explicit_flush() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let plan = plan_of(tmp.path(), STACK);

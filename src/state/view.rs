@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::crown::LaunchRecord;
-use super::db::{Db, OpenError, Tree};
+use super::db::{Db, HISTORY_STATS_COMPLETE, OpenError, Tree};
 use super::files::{self, Existing};
 use super::lock::{self, Holder};
 use super::{
@@ -52,8 +52,17 @@ pub(crate) fn load(db: &Db) -> Result<Loaded, StateError> {
     };
     // The history rings (the bulk of the bytes) are digested on a second thread while this
     // one reads the component and quarantine records.
+    let stats_kept = db
+        .get::<bool>(Tree::Meta, HISTORY_STATS_COMPLETE)?
+        .unwrap_or(false);
     let (components, quarantine, history) = std::thread::scope(|scope| {
-        let history = scope.spawn(|| db.all_history_stats());
+        let history = scope.spawn(|| {
+            if stats_kept {
+                db.all::<HistoryStats>(Tree::HistoryStats)
+            } else {
+                db.all_history_stats()
+            }
+        });
         let components = db.all::<ComponentRecord>(Tree::Components);
         let quarantine = db.all::<QuarantineRecord>(Tree::Quarantine);
         let history = history

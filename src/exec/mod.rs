@@ -26,7 +26,7 @@ mod probe;
 mod process;
 mod restart;
 pub mod signal;
-mod sys;
+pub(crate) mod sys;
 
 pub use event::{Event, EventKind, ExitInfo, Outcome, Sink};
 pub use logs::DEFAULT_MAX_BYTES as DEFAULT_LOG_MAX_BYTES;

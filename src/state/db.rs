@@ -47,7 +47,9 @@ pub(crate) enum Tree {
     Quarantine,
     /// The statistics of each history ring, kept by the database itself whenever sled
     /// receives a ring (see [`give_sled`]), so opening the store reads 2,000 small records
-    /// instead of parsing 2,000 rings.
+    /// instead of parsing 2,000 rings. Derived when sled receives the ring, so it lags a
+    /// ring still staged: read it right after opening (the journals are replayed then), and
+    /// ask [`Db::ring_stats`] while recording.
     HistoryStats,
 }
 
@@ -420,8 +422,7 @@ impl Db {
         tree: Tree,
         key: &[u8],
     ) -> Result<Option<T>, StateError> {
-        let pending = self.staged(tree, key, Staged::bytes);
-        let value = match pending {
+        let value = match self.staged_bytes(tree, key) {
             Some(value) => value,
             None => self
                 .tree(tree)
@@ -434,14 +435,14 @@ impl Db {
             .transpose()
     }
 
-    /// `read` of the latest staged value of a key (pending, else in flight to sled), if any.
-    fn staged<T>(&self, tree: Tree, key: &[u8], read: impl Fn(&Staged) -> T) -> Option<T> {
+    /// The bytes of the latest staged value of a key (pending, else in flight to sled), if
+    /// one is staged (`Some(None)`: removed).
+    fn staged_bytes(&self, tree: Tree, key: &[u8]) -> Option<Option<Vec<u8>>> {
         let slot = (tree as usize, key.to_vec());
         if let Some(value) = lock(&self.pending).get(&slot) {
-            return Some(read(value));
+            return Some(value.bytes());
         }
-        let inflight = lock(&self.inflight).clone()?;
-        inflight.get(&slot).map(read)
+        self.in_flight(&slot)?.get(&slot).map(Staged::bytes)
     }
 
     /// The statistics of every history ring, in key order, each read without building its
@@ -688,19 +689,21 @@ impl Db {
     /// the flush finished leaves both journals, and opening replays them in order.
     fn checkpoint_in_background(&self) -> Result<(), StateError> {
         self.wait_for_flush()?;
-        let staged = Arc::new(std::mem::take(&mut *lock(&self.pending)));
-        *lock(&self.inflight) = Some(Arc::clone(&staged));
+        // The journal is set aside first: if that fails, the staged writes stay pending (and
+        // in the journal) for the next checkpoint.
         let previous = {
             let mut journal = lock(&self.journal);
             let previous = previous_journal(&journal.path);
-            journal.file = None;
             if journal.len > 0 {
                 std::fs::rename(&journal.path, &previous)
                     .map_err(|e| StateError::io(&journal.path, e))?;
             }
+            journal.file = None;
             journal.len = 0;
             previous
         };
+        let staged = Arc::new(std::mem::take(&mut *lock(&self.pending)));
+        *lock(&self.inflight) = Some(Arc::clone(&staged));
         let trees = self.trees.clone();
         let sled = self.db.clone();
         let path = self.path.clone();
@@ -929,6 +932,48 @@ mod tests {
                 .get::<String>(Tree::Components, &(n - 1).to_be_bytes())
                 .expect("get"),
             Some(value)
+        );
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_set_aside_keeps_its_writes_for_the_next_checkpoint() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        // A directory where the set-aside journal goes makes the rename fail.
+        let blocker = previous_journal(&paths.journal());
+        std::fs::create_dir(&blocker).expect("mkdir");
+        let value = "x".repeat(1000);
+        let mut n = 0u32;
+        let refused = loop {
+            let mut batch = Batch::default();
+            batch.put(Tree::Components, &n.to_be_bytes(), &value);
+            n += 1;
+            if let Err(err) = db.commit(batch) {
+                break err;
+            }
+            assert!(
+                u64::from(n) * 1000 < 2 * JOURNAL_CHECKPOINT,
+                "no checkpoint began"
+            );
+        };
+        assert!(refused.to_string().contains("db.journal"), "{refused}");
+        // Nothing was lost: every write is still read, and reaches sled at the next checkpoint.
+        for i in 0..n {
+            assert_eq!(
+                db.get::<String>(Tree::Components, &i.to_be_bytes())
+                    .expect("get"),
+                Some(value.clone())
+            );
+        }
+        std::fs::remove_dir(&blocker).expect("rmdir");
+        db.checkpoint().expect("checkpoint");
+        drop(db);
+        std::fs::remove_file(paths.journal()).expect("no journal to replay");
+        let reopened = Db::open_patiently(&paths).expect("reopen");
+        assert_eq!(
+            reopened.all::<String>(Tree::Components).expect("all").len(),
+            n as usize
         );
     }
 

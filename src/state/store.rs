@@ -705,7 +705,6 @@ impl Store {
         lock(&self.shared.board.failure).clone()
     }
 
-    /// Makes everything durable and rewrites `razar_state.json` now.
     /// Ends the apply's hold on the state: stops the snapshot writer, checkpoints the
     /// database and writes the final `razar_state.json` (no apply holding it), reporting what
     /// fails. Dropping the store does the same, logging failures instead; after `close` it has
@@ -722,6 +721,7 @@ impl Store {
         board.write_snapshot(None)
     }
 
+    /// Makes everything durable and rewrites `razar_state.json` now.
     pub fn sync(&self) -> Result<(), StateError> {
         self.shared.db.checkpoint()?;
         lock(&self.shared.board.live).changed += 1;

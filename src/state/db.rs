@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::history::{Ring, SampleEntry};
+use super::history::{Head, Sample, SampleEntry, Stored, sample_key};
 use super::{Paths, StateError, files};
 
 /// How long an apply waits for a reader (`razar status`, `razar plan`) that has the database
@@ -51,15 +51,19 @@ pub(crate) enum Tree {
     /// ring still staged: read it right after opening (the journals are replayed then), and
     /// ask [`Db::ring_stats`] while recording.
     HistoryStats,
+    /// The samples of the history rings, each under its own key ([`sample_key`]); the
+    /// `history` tree holds each ring's [`Head`].
+    HistorySamples,
 }
 
-const TREES: [Tree; 6] = [
+const TREES: [Tree; 7] = [
     Tree::Meta,
     Tree::Runs,
     Tree::Components,
     Tree::History,
     Tree::Quarantine,
     Tree::HistoryStats,
+    Tree::HistorySamples,
 ];
 
 /// The `meta` key saying the `history_stats` tree is complete: set once its statistics were
@@ -75,6 +79,7 @@ impl Tree {
             Tree::History => "history",
             Tree::Quarantine => "quarantine",
             Tree::HistoryStats => "history_stats",
+            Tree::HistorySamples => "history_samples",
         }
     }
 
@@ -87,7 +92,8 @@ enum Op {
     Put(Tree, Vec<u8>, Vec<u8>),
     Remove(Tree, Vec<u8>),
     /// One more sample for the history ring under this key: the journal holds only the
-    /// sample, the ring itself waits in [`Pending`] for the checkpoint.
+    /// sample; staging it stores the sample under its own key and updates the ring's
+    /// [`Head`], which waits in [`Pending`] for the checkpoint.
     Sample(Vec<u8>, SampleEntry),
 }
 
@@ -107,7 +113,7 @@ impl Batch {
         self.ops.push(Op::Remove(tree, key.to_vec()));
     }
 
-    /// Adds one sample to the history ring of `key` (see [`Ring::record`]).
+    /// Adds one sample to the history ring of `key` (see [`Head::record`]).
     pub fn sample(&mut self, key: &[u8], entry: SampleEntry) {
         self.ops.push(Op::Sample(key.to_vec(), entry));
     }
@@ -208,9 +214,9 @@ struct Journal {
 enum Staged {
     Value(Vec<u8>),
     Removed,
-    /// A history ring, kept whole in memory and serialised once, at the checkpoint (the
-    /// journal holds only its new samples).
-    Ring(Ring),
+    /// A history ring's head, kept as a value in memory and serialised once, at the
+    /// checkpoint (the journal holds only the new samples).
+    Head(Head),
 }
 
 impl Staged {
@@ -219,8 +225,8 @@ impl Staged {
         match self {
             Staged::Value(bytes) => Some(bytes.clone()),
             Staged::Removed => None,
-            Staged::Ring(ring) => {
-                Some(serde_json::to_vec(ring).expect("history rings serialise: plain data"))
+            Staged::Head(head) => {
+                Some(serde_json::to_vec(head).expect("history heads serialise: plain data"))
             }
         }
     }
@@ -229,10 +235,13 @@ impl Staged {
 /// Writes that are in the journal but not yet in sled: per tree and key, the latest value.
 type Pending = BTreeMap<(usize, Vec<u8>), Staged>;
 
+/// The staged values of one tree's keys (`None`: removed), laid over sled's when reading.
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 pub(crate) struct Db {
     path: PathBuf,
     db: sled::Db,
-    trees: [sled::Tree; 6],
+    trees: [sled::Tree; 7],
     journal: Mutex<Journal>,
     pending: Mutex<Pending>,
     /// The background flush of the last checkpoint started by a commit: it gives sled the
@@ -306,6 +315,7 @@ impl Db {
             open_tree(Tree::History)?,
             open_tree(Tree::Quarantine)?,
             open_tree(Tree::HistoryStats)?,
+            open_tree(Tree::HistorySamples)?,
         ];
         let db = Db {
             path: path.clone(),
@@ -450,9 +460,9 @@ impl Db {
     pub fn all_history_stats(&self) -> Result<Vec<(Vec<u8>, super::HistoryStats)>, StateError> {
         let mut out = Vec::new();
         self.each(Tree::History, |key, bytes| {
-            let digest: super::history::RingDigest<'_> = serde_json::from_slice(bytes)
-                .map_err(|err| self.corrupt(Tree::History, key, err))?;
-            if let Some(stats) = digest.stats() {
+            let stats =
+                Stored::stats_of(bytes).map_err(|err| self.corrupt(Tree::History, key, err))?;
+            if let Some(stats) = stats {
                 out.push((key.to_vec(), stats));
             }
             Ok(())
@@ -466,26 +476,42 @@ impl Db {
     fn each(
         &self,
         tree: Tree,
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+        f: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
-        // Taken before sled is read: writes the flush thread gives sled after this point are
-        // then overlaid from here, and before it they are in sled already.
+        let overlay = self.overlay(&lock(&self.pending), tree, &[]);
+        self.each_over(&overlay, tree, &[], f)
+    }
+
+    /// The staged values of the keys of `tree` that start with `prefix` (in flight to sled,
+    /// overlaid with `pending`; `None`: removed). Taken before sled is read: writes the flush
+    /// thread gives sled after this point are then overlaid from here, and before it they are
+    /// in sled already.
+    fn overlay(&self, pending: &Pending, tree: Tree, prefix: &[u8]) -> Overlay {
         let inflight = lock(&self.inflight).clone();
-        let mut overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for staged in inflight.iter().map(|i| &**i) {
-            for ((t, key), value) in staged.iter() {
-                if *t == tree as usize {
-                    overlay.insert(key.clone(), value.bytes());
-                }
-            }
-        }
-        for ((t, key), value) in lock(&self.pending).iter() {
-            if *t == tree as usize {
+        let mut overlay = Overlay::new();
+        let from = (tree as usize, prefix.to_vec());
+        for staged in inflight.iter().map(|i| &**i).chain([pending]) {
+            let keys = staged
+                .range(&from..)
+                .take_while(|((t, key), _)| *t == tree as usize && key.starts_with(prefix));
+            for ((_, key), value) in keys {
                 overlay.insert(key.clone(), value.bytes());
             }
         }
+        overlay
+    }
+
+    /// Calls `f` with the records of `tree` whose keys start with `prefix`, sled's overlaid
+    /// with `overlay` (see [`Db::overlay`]), in key order.
+    fn each_over(
+        &self,
+        overlay: &Overlay,
+        tree: Tree,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
         let mut staged = overlay.iter().peekable();
-        for item in self.tree(tree).iter() {
+        for item in self.tree(tree).scan_prefix(prefix) {
             let (key, bytes) =
                 item.map_err(|err| self.error(format!("cannot read `{}`: {err}", tree.name())))?;
             // Staged keys that sort before this one (new keys) come first.
@@ -520,9 +546,9 @@ impl Db {
         Ok(out)
     }
 
-    /// Makes `op` the latest value of its key in [`Pending`]. A sample is added to the ring
-    /// staged for its key, loaded from sled first if need be; a stored ring that cannot be
-    /// read is started afresh (history is statistics: losing it must not stop a boot).
+    /// Makes `op` the latest value of its key in [`Pending`]. A sample is stored under its
+    /// own key and recorded in its ring's head (see [`Head::record`]); one already recorded
+    /// (a journal replayed over a checkpoint that reached sled) is skipped.
     fn stage(&self, op: Op) {
         let mut pending = lock(&self.pending);
         match op {
@@ -533,32 +559,98 @@ impl Db {
                 pending.insert((tree as usize, key), Staged::Removed);
             }
             Op::Sample(key, entry) => {
-                let slot = (Tree::History as usize, key);
-                let ring = match pending.remove(&slot) {
-                    Some(Staged::Ring(ring)) => Some(ring),
-                    Some(Staged::Value(bytes)) => self.ring_from(&slot.1, &bytes),
-                    Some(Staged::Removed) => None,
-                    // Still on its way to sled: the in-flight value is the latest. (Once
-                    // the flush thread drops it, sled has it.)
-                    None => match self.in_flight(&slot).as_ref().and_then(|i| i.get(&slot)) {
-                        Some(Staged::Ring(ring)) => Some(ring.clone()),
-                        Some(Staged::Value(bytes)) => self.ring_from(&slot.1, bytes),
-                        Some(Staged::Removed) => None,
-                        None => self.stored_ring(&slot.1),
-                    },
+                let head = self.take_head(&mut pending, &key);
+                let seq = match (entry.seq, &head) {
+                    (Some(seq), Some(head)) if seq < head.next => None,
+                    (Some(seq), _) => Some(seq),
+                    (None, Some(head)) => {
+                        (!self.holds(&pending, &key, head, &entry.sample)).then_some(head.next)
+                    }
+                    (None, None) => Some(0),
                 };
-                let mut ring = ring.unwrap_or_else(|| Ring::new(entry.command_hash.clone()));
-                ring.record(&entry.command_hash, entry.sample);
-                pending.insert(slot, Staged::Ring(ring));
+                let Some(seq) = seq else {
+                    if let Some(head) = head {
+                        pending.insert((Tree::History as usize, key), Staged::Head(head));
+                    }
+                    return;
+                };
+                let (head, dropped) = Head::record(head, &entry.command_hash, seq, &entry.sample);
+                let samples = Tree::HistorySamples as usize;
+                for old in dropped {
+                    pending.insert((samples, sample_key(&key, old)), Staged::Removed);
+                }
+                let bytes = serde_json::to_vec(&entry.sample)
+                    .expect("history samples serialise: plain data");
+                pending.insert((samples, sample_key(&key, seq)), Staged::Value(bytes));
+                pending.insert((Tree::History as usize, key), Staged::Head(head));
             }
         }
     }
 
-    /// The ring sled holds for `key`; `None` (started afresh) if it has none or it cannot be
-    /// read (history is statistics: losing it must not stop a boot).
-    fn stored_ring(&self, key: &[u8]) -> Option<Ring> {
+    /// Takes the head of the history ring of `key` out of `pending`, loading it from the
+    /// writes in flight or sled if it is not staged. A ring in the earlier whole-ring format
+    /// is converted: its samples are staged under their own keys, numbered from 0. `None`
+    /// when there is no ring, or it cannot be read (history is statistics: losing it must
+    /// not stop a boot; the ring starts afresh).
+    fn take_head(&self, pending: &mut Pending, key: &[u8]) -> Option<Head> {
+        let slot = (Tree::History as usize, key.to_vec());
+        let stored = match pending.remove(&slot) {
+            Some(Staged::Head(head)) => return Some(head),
+            Some(Staged::Value(bytes)) => self.history_from(key, &bytes),
+            Some(Staged::Removed) => None,
+            // Still on its way to sled: the in-flight value is the latest. (Once the flush
+            // thread drops it, sled has it.)
+            None => match self.in_flight(&slot).as_ref().and_then(|i| i.get(&slot)) {
+                Some(Staged::Head(head)) => return Some(head.clone()),
+                Some(Staged::Value(bytes)) => self.history_from(key, bytes),
+                Some(Staged::Removed) => None,
+                None => self.stored_history(key),
+            },
+        };
+        match stored? {
+            Stored::Head(head) => Some(head),
+            Stored::Ring(ring) => {
+                let head = Head::from_ring(&ring)?;
+                for (seq, sample) in ring.samples.iter().enumerate() {
+                    let bytes =
+                        serde_json::to_vec(sample).expect("history samples serialise: plain data");
+                    pending.insert(
+                        (Tree::HistorySamples as usize, sample_key(key, seq as u64)),
+                        Staged::Value(bytes),
+                    );
+                }
+                Some(head)
+            }
+        }
+    }
+
+    /// Whether the ring `head` of `key` keeps `sample` already: how a sample journalled
+    /// without a sequence number (by a razar from before them) is not counted twice.
+    fn holds(&self, pending: &Pending, key: &[u8], head: &Head, sample: &Sample) -> bool {
+        let prefix = sample_key(key, 0);
+        let prefix = &prefix[..key.len() + 1];
+        let overlay = self.overlay(pending, Tree::HistorySamples, prefix);
+        let mut found = false;
+        let scanned = self.each_over(&overlay, Tree::HistorySamples, prefix, |k, bytes| {
+            let seq = k[prefix.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            if (head.first..head.next).contains(&seq) {
+                found |= serde_json::from_slice::<Sample>(bytes).is_ok_and(|s| s == *sample);
+            }
+            Ok(())
+        });
+        if let Err(err) = scanned {
+            tracing::warn!("{err}");
+        }
+        found
+    }
+
+    /// The history record sled holds for `key`; `None` if it has none or it cannot be read.
+    fn stored_history(&self, key: &[u8]) -> Option<Stored> {
         match self.tree(Tree::History).get(key) {
-            Ok(Some(bytes)) => self.ring_from(key, &bytes),
+            Ok(Some(bytes)) => self.history_from(key, &bytes),
             Ok(None) => None,
             Err(err) => {
                 tracing::warn!(
@@ -577,25 +669,93 @@ impl Db {
             .filter(|inflight| inflight.contains_key(slot))
     }
 
-    /// The statistics of the history ring of `key`: from the ring staged in memory (there is
-    /// one right after a sample for it was committed), else from sled (the commit ran a
-    /// checkpoint).
+    /// Gives every history sample of the batch its sequence number (the next of its ring),
+    /// so the journal records it and a replay can tell whether sled has it already. The
+    /// heads read for this stay staged (a ring in the earlier format, converted).
+    fn number_samples(&self, batch: &mut Batch) {
+        let mut pending = None;
+        let mut given: Vec<(Vec<u8>, u64)> = Vec::new();
+        for op in &mut batch.ops {
+            let Op::Sample(key, entry) = op else { continue };
+            if entry.seq.is_some() {
+                continue;
+            }
+            let seq = match given.iter_mut().find(|(k, _)| k == key) {
+                Some((_, next)) => std::mem::replace(next, *next + 1),
+                None => {
+                    let pending = pending.get_or_insert_with(|| lock(&self.pending));
+                    let head = self.take_head(pending, key);
+                    let next = head.as_ref().map_or(0, |head| head.next);
+                    if let Some(head) = head {
+                        pending.insert((Tree::History as usize, key.clone()), Staged::Head(head));
+                    }
+                    given.push((key.clone(), next + 1));
+                    next
+                }
+            };
+            entry.seq = Some(seq);
+        }
+    }
+
+    /// The statistics of the history ring of `key`: from the head staged in memory (there is
+    /// one right after a sample for it was committed), else as stored.
     pub fn ring_stats(&self, key: &[u8]) -> Result<Option<super::HistoryStats>, StateError> {
         let staged = match lock(&self.pending).get(&(Tree::History as usize, key.to_vec())) {
-            Some(Staged::Ring(ring)) => Some(ring.stats()),
+            Some(Staged::Head(head)) => Some(head.stats()),
             _ => None,
         };
         match staged {
             Some(stats) => Ok(stats),
-            None => Ok(self
-                .get::<Ring>(Tree::History, key)?
-                .and_then(|ring| ring.stats())),
+            None => match self.history_bytes(key)? {
+                Some(bytes) => {
+                    Stored::stats_of(&bytes).map_err(|err| self.corrupt(Tree::History, key, err))
+                }
+                None => Ok(None),
+            },
         }
     }
 
-    fn ring_from(&self, key: &[u8], bytes: &[u8]) -> Option<Ring> {
-        match serde_json::from_slice(bytes) {
-            Ok(ring) => Some(ring),
+    /// The bytes of the `history` record of `key` as it stands (staged, else sled's).
+    fn history_bytes(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        match self.staged_bytes(Tree::History, key) {
+            Some(value) => Ok(value),
+            None => self
+                .tree(Tree::History)
+                .get(key)
+                .map(|bytes| bytes.map(|b| b.to_vec()))
+                .map_err(|err| self.error(format!("cannot read `history`: {err}"))),
+        }
+    }
+
+    /// The history ring of `key` as it stands, whole (its head and the samples it keeps).
+    #[cfg(test)]
+    pub fn ring(&self, key: &[u8]) -> Result<Option<super::history::Ring>, StateError> {
+        let Some(bytes) = self.history_bytes(key)? else {
+            return Ok(None);
+        };
+        let head = match Stored::parse(&bytes).map_err(|e| self.corrupt(Tree::History, key, e))? {
+            Stored::Ring(ring) => return Ok(Some(ring)),
+            Stored::Head(head) => head,
+        };
+        let mut ring = super::history::Ring::new(head.command_hash.clone());
+        let from = sample_key(key, head.first);
+        let to = sample_key(key, head.next);
+        let prefix = &from[..key.len() + 1];
+        let overlay = self.overlay(&lock(&self.pending), Tree::HistorySamples, prefix);
+        self.each_over(&overlay, Tree::HistorySamples, prefix, |k, bytes| {
+            if (from.as_slice()..to.as_slice()).contains(&k) {
+                let sample = serde_json::from_slice(bytes)
+                    .map_err(|e| self.corrupt(Tree::HistorySamples, k, e))?;
+                ring.samples.push_back(sample);
+            }
+            Ok(())
+        })?;
+        Ok(Some(ring))
+    }
+
+    fn history_from(&self, key: &[u8], bytes: &[u8]) -> Option<Stored> {
+        match Stored::parse(bytes) {
+            Ok(stored) => Some(stored),
             Err(err) => {
                 tracing::warn!(
                     "history of `{}` in `{}` unreadable ({err}); started afresh",
@@ -613,6 +773,8 @@ impl Db {
         if batch.ops.is_empty() {
             return Ok(());
         }
+        let mut batch = batch;
+        self.number_samples(&mut batch);
         let bytes = batch.journal_lines();
         let checkpoint = {
             let mut journal = lock(&self.journal);
@@ -747,8 +909,8 @@ impl Db {
 
 /// Applies `staged` to sled's trees (each key once, one batch per tree), in memory: it
 /// reaches the disk at the next flush. The error says which tree failed.
-fn give_sled(trees: &[sled::Tree; 6], staged: &Pending) -> Result<(), String> {
-    let mut batches: [sled::Batch; 6] = Default::default();
+fn give_sled(trees: &[sled::Tree; 7], staged: &Pending) -> Result<(), String> {
+    let mut batches: [sled::Batch; 7] = Default::default();
     let stats = Tree::HistoryStats as usize;
     for ((tree, key), value) in staged {
         let bytes = value.bytes();
@@ -784,10 +946,8 @@ impl Drop for Db {
 /// for a removed, empty or unreadable ring.
 fn stats_of(staged: &Staged, bytes: Option<&[u8]>) -> Option<Vec<u8>> {
     let stats = match staged {
-        Staged::Ring(ring) => ring.stats(),
-        _ => serde_json::from_slice::<super::history::RingDigest<'_>>(bytes?)
-            .ok()?
-            .stats(),
+        Staged::Head(head) => head.stats(),
+        _ => Stored::stats_of(bytes?).ok()?,
     }?;
     Some(serde_json::to_vec(&stats).expect("history statistics serialise: plain data"))
 }
@@ -1009,6 +1169,7 @@ mod tests {
     fn entry(ms: u64) -> SampleEntry {
         SampleEntry {
             command_hash: "h".into(),
+            seq: None,
             sample: super::super::history::Sample {
                 at: format!("2025-01-01T00:00:00.{ms:03}Z"),
                 run_id: Some("r".into()),
@@ -1066,10 +1227,7 @@ mod tests {
         let mut batch = Batch::default();
         batch.sample(b"t", entry(4));
         db.commit(batch).expect("commit");
-        let ring = db
-            .get::<Ring>(Tree::History, b"t")
-            .expect("get")
-            .expect("ring");
+        let ring = db.ring(b"t").expect("get").expect("ring");
         let durations: Vec<u64> = ring.samples.iter().map(|s| s.duration_ms).collect();
         assert_eq!(
             durations,
@@ -1098,7 +1256,7 @@ mod tests {
             lines.iter().all(|l| l.len() < 300),
             "each line holds one sample, not the ring"
         );
-        let ring: Ring = db.get(Tree::History, b"t").expect("get").expect("ring");
+        let ring = db.ring(b"t").expect("get").expect("ring");
         assert_eq!(ring.samples.len(), 60);
 
         // Killed after the checkpoint reached sled but before the journal was emptied: the
@@ -1112,7 +1270,7 @@ mod tests {
         std::fs::write(paths.journal(), &text).expect("journal");
         drop(db);
         let db = Db::open_patiently(&paths).expect("reopen");
-        let ring: Ring = db.get(Tree::History, b"t").expect("get").expect("ring");
+        let ring = db.ring(b"t").expect("get").expect("ring");
         assert_eq!(ring.samples.len(), 61);
         assert_eq!(ring.samples.back().map(|s| s.duration_ms), Some(60));
 
@@ -1128,11 +1286,110 @@ mod tests {
         let other_paths = Paths::new(other.path());
         std::fs::write(other_paths.journal(), &journal).expect("copy");
         let db = Db::open_patiently(&other_paths).expect("open copy");
-        let ring: Ring = db.get(Tree::History, b"t").expect("get").expect("ring");
+        let ring = db.ring(b"t").expect("get").expect("ring");
         assert_eq!(
             (ring.command_hash.as_str(), ring.samples.len()),
             ("other", 1)
         );
+    }
+
+    #[test]
+    fn a_ring_keeps_its_last_hundred_samples_each_under_its_own_key() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        for ms in 0..250 {
+            let mut batch = Batch::default();
+            batch.sample(b"t", entry(ms));
+            db.commit(batch).expect("commit");
+        }
+        db.checkpoint().expect("checkpoint");
+        let ring = db.ring(b"t").expect("get").expect("ring");
+        let durations: Vec<u64> = ring.samples.iter().map(|s| s.duration_ms).collect();
+        assert_eq!(durations, (150..250).collect::<Vec<u64>>());
+        assert_eq!(
+            db.tree(Tree::HistorySamples).len(),
+            100,
+            "the samples the ring dropped are removed"
+        );
+        let head = db.history_bytes(b"t").expect("get").expect("head");
+        assert!(
+            head.len() < 1024,
+            "the head holds durations, not samples: {} bytes",
+            head.len()
+        );
+        assert_eq!(
+            db.get::<super::super::HistoryStats>(Tree::HistoryStats, b"t")
+                .expect("get"),
+            ring.stats(),
+            "the statistics tree follows the head"
+        );
+
+        // A changed command starts afresh and removes the old command's samples.
+        let mut changed = entry(7);
+        changed.command_hash = "other".into();
+        let mut batch = Batch::default();
+        batch.sample(b"t", changed);
+        db.commit(batch).expect("commit");
+        db.checkpoint().expect("checkpoint");
+        let ring = db.ring(b"t").expect("get").expect("ring");
+        assert_eq!(
+            (ring.command_hash.as_str(), ring.samples.len()),
+            ("other", 1)
+        );
+        assert_eq!(db.tree(Tree::HistorySamples).len(), 1);
+    }
+
+    #[test]
+    fn a_ring_in_the_whole_ring_format_is_converted_at_its_next_sample() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        // What a razar from before sample keys left: the ring whole under its name.
+        let mut legacy = super::super::history::Ring::new("h".into());
+        for ms in [30, 10, 20] {
+            legacy.push(entry(ms).sample);
+        }
+        let mut batch = Batch::default();
+        batch.put(Tree::History, b"t", &legacy);
+        db.commit(batch).expect("commit");
+        db.checkpoint().expect("checkpoint");
+        assert_eq!(
+            db.ring_stats(b"t").expect("stats"),
+            legacy.stats(),
+            "read as it is until its next sample"
+        );
+
+        let mut batch = Batch::default();
+        batch.sample(b"t", entry(40));
+        db.commit(batch).expect("commit");
+        db.checkpoint().expect("checkpoint");
+        let mut expected = legacy.clone();
+        expected.push(entry(40).sample);
+        assert_eq!(db.ring(b"t").expect("get"), Some(expected.clone()));
+        assert_eq!(db.ring_stats(b"t").expect("stats"), expected.stats());
+        assert_eq!(db.tree(Tree::HistorySamples).len(), 4);
+        assert!(matches!(
+            Stored::parse(&db.history_bytes(b"t").expect("get").expect("head")),
+            Ok(Stored::Head(Head {
+                first: 0,
+                next: 4,
+                ..
+            }))
+        ));
+
+        // A journal from before sequence numbers, replayed over it: the sample the ring
+        // keeps already is not counted twice, the new one is.
+        let mut batch = Batch::default();
+        batch.sample(b"t", entry(10));
+        batch.sample(b"t", entry(50));
+        let text = batch.journal_lines();
+        assert!(!String::from_utf8_lossy(&text).contains("\"seq\""));
+        drop(db);
+        std::fs::write(paths.journal(), &text).expect("journal");
+        let db = Db::open_patiently(&paths).expect("reopen");
+        expected.push(entry(50).sample);
+        assert_eq!(db.ring(b"t").expect("get"), Some(expected));
     }
 
     #[test]

@@ -42,7 +42,9 @@ pub struct Sample {
     pub outcome: Outcome,
 }
 
-/// The samples of one component under one command.
+/// The samples of one component under one command, whole: how the `history` tree held them
+/// before [`Head`] (still read, and converted at the component's next sample), and how
+/// tests look at what is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Ring {
@@ -50,26 +52,13 @@ pub(crate) struct Ring {
     pub samples: VecDeque<Sample>,
 }
 
+#[cfg(test)]
 impl Ring {
     pub fn new(command_hash: String) -> Self {
         Ring {
             command_hash,
             samples: VecDeque::new(),
         }
-    }
-
-    /// Records one attempt measured with `command_hash`: the ring starts afresh when the
-    /// command changed, and a sample it already holds is not added again (replaying a journal
-    /// over a checkpoint that already reached sled must not count an attempt twice; two real
-    /// attempts never share their end time, run, attempt number, duration and outcome).
-    pub fn record(&mut self, command_hash: &str, sample: Sample) {
-        if self.command_hash != command_hash {
-            *self = Ring::new(command_hash.to_owned());
-        }
-        if self.samples.iter().rev().any(|s| *s == sample) {
-            return;
-        }
-        self.push(sample);
     }
 
     /// Adds a sample, dropping the oldest beyond [`HISTORY_LIMIT`].
@@ -88,6 +77,139 @@ impl Ring {
             &last.at,
             last.outcome,
         )
+    }
+}
+
+/// What the `history` tree holds for one component: the command its samples were measured
+/// with, the sequence numbers of the samples kept (`first..next`, each sample stored on its
+/// own under `history_samples`, see [`sample_key`]) and, per sample, what the statistics need.
+/// A new sample then costs a few hundred bytes written, not the whole ring (up to 100 samples,
+/// ~12 KiB) parsed and rewritten every boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Head {
+    pub command_hash: String,
+    /// Sequence number of the oldest sample kept.
+    pub first: u64,
+    /// Sequence number the next sample gets (never reused, even after a command change).
+    pub next: u64,
+    /// Oldest first, one per sample kept: its duration, `null` for a failed attempt.
+    pub window: VecDeque<Option<u64>>,
+    pub last_seen: String,
+    pub last_outcome: Outcome,
+}
+
+impl Head {
+    /// The head of a ring in the earlier whole-ring format, its samples numbered from 0 in
+    /// order; `None` for an empty ring.
+    pub fn from_ring(ring: &Ring) -> Option<Head> {
+        let last = ring.samples.back()?;
+        Some(Head {
+            command_hash: ring.command_hash.clone(),
+            first: 0,
+            next: ring.samples.len() as u64,
+            window: ring.samples.iter().map(window_entry).collect(),
+            last_seen: last.at.clone(),
+            last_outcome: last.outcome,
+        })
+    }
+
+    /// Records sample `seq` measured with `command_hash` on top of `head` (if any): the ring
+    /// starts afresh when the command changed, and keeps the last [`HISTORY_LIMIT`]. Returns
+    /// the new head and the sequence numbers of the samples it no longer keeps.
+    ///
+    /// `seq` is normally `next`. A larger one (samples lost with a damaged journal) is taken
+    /// as it is: the window stays right, and the gap only means a few stored samples outlive
+    /// the window until the next command change.
+    pub fn record(
+        head: Option<Head>,
+        command_hash: &str,
+        seq: u64,
+        sample: &Sample,
+    ) -> (Head, Vec<u64>) {
+        let mut dropped = Vec::new();
+        let mut head = match head {
+            Some(head) if head.command_hash == command_hash => head,
+            old => {
+                if let Some(old) = old {
+                    dropped.extend(old.first..old.next);
+                }
+                Head {
+                    command_hash: command_hash.to_owned(),
+                    first: seq,
+                    next: seq,
+                    window: VecDeque::new(),
+                    last_seen: String::new(),
+                    last_outcome: sample.outcome,
+                }
+            }
+        };
+        head.window.push_back(window_entry(sample));
+        head.next = head.next.max(seq) + 1;
+        head.last_seen.clone_from(&sample.at);
+        head.last_outcome = sample.outcome;
+        while head.window.len() > HISTORY_LIMIT {
+            head.window.pop_front();
+            dropped.push(head.first);
+            head.first += 1;
+        }
+        (head, dropped)
+    }
+
+    pub fn stats(&self) -> Option<HistoryStats> {
+        self.window.back()?;
+        stats_of(
+            &self.command_hash,
+            self.window.iter().map(|entry| match entry {
+                Some(ms) => (*ms, Outcome::Completed),
+                None => (0, Outcome::Failed),
+            }),
+            &self.last_seen,
+            self.last_outcome,
+        )
+    }
+}
+
+fn window_entry(sample: &Sample) -> Option<u64> {
+    (sample.outcome != Outcome::Failed).then_some(sample.duration_ms)
+}
+
+/// The `history_samples` key of sample `seq` of component `name`: the name, a zero byte (no
+/// name holds one, so no name's keys fall among another's) and `seq` big-endian, so a
+/// component's samples are adjacent and in order.
+pub(crate) fn sample_key(name: &[u8], seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 9);
+    key.extend_from_slice(name);
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// A `history` record as stored: a [`Head`], or a ring in the earlier whole-ring format.
+pub(crate) enum Stored {
+    Head(Head),
+    Ring(Ring),
+}
+
+impl Stored {
+    pub fn parse(bytes: &[u8]) -> Result<Stored, serde_json::Error> {
+        serde_json::from_slice(bytes)
+            .map(Stored::Head)
+            .or_else(|head_err| {
+                serde_json::from_slice(bytes)
+                    .map(Stored::Ring)
+                    .map_err(|_| head_err)
+            })
+    }
+
+    /// Statistics without building a ring's samples (see [`RingDigest`]).
+    pub fn stats_of(bytes: &[u8]) -> Result<Option<HistoryStats>, serde_json::Error> {
+        match serde_json::from_slice::<Head>(bytes) {
+            Ok(head) => Ok(head.stats()),
+            Err(head_err) => serde_json::from_slice::<RingDigest<'_>>(bytes)
+                .map(|digest| digest.stats())
+                .map_err(|_| head_err),
+        }
     }
 }
 
@@ -161,6 +283,12 @@ fn stats_of(
 #[serde(deny_unknown_fields)]
 pub(crate) struct SampleEntry {
     pub command_hash: String,
+    /// The sample's sequence number, given at commit. Replaying a journal over a checkpoint
+    /// that already reached sled skips the samples numbered below the head's `next`.
+    /// Journals from before sequence numbers have none: their samples are compared with
+    /// the ones kept instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     pub sample: Sample,
 }
 

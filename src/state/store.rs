@@ -1327,6 +1327,7 @@ impl Recorder {
             name.as_bytes(),
             SampleEntry {
                 command_hash: hash,
+                seq: None,
                 sample: Sample {
                     at: at.to_owned(),
                     run_id: live.loaded.run.as_ref().map(|r| r.id.clone()),

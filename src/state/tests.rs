@@ -539,10 +539,7 @@ fn history_statistics_are_kept_with_the_rings_and_filled_in_for_an_older_databas
     let paths = Paths::new(&dir);
     let expected = {
         let db = db::Db::open_patiently(&paths).expect("open");
-        let ring: history::Ring = db
-            .get(db::Tree::History, b"migrate")
-            .expect("get")
-            .expect("a ring");
+        let ring = db.ring(b"migrate").expect("get").expect("a ring");
         let stats = ring.stats().expect("statistics");
         assert_eq!(
             db.get::<HistoryStats>(db::Tree::HistoryStats, b"migrate")

@@ -17,7 +17,7 @@
 //! emptied. Opening the database replays the journal. The journal is always ahead of sled, so
 //! a replay never moves state backwards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -251,6 +251,10 @@ pub(crate) struct Db {
     /// The staged writes a background checkpoint is giving sled: read between
     /// [`Db::pending`] and sled until the flush thread is done with them.
     inflight: Arc<Mutex<Option<Arc<Pending>>>>,
+    /// History heads as sled holds them, read at open for an apply ([`Db::all_history_stats`]
+    /// with `keep`) so a component's first sample of the boot finds its head in memory. An
+    /// entry leaves when the head is taken or its key written; sled is read for the others.
+    clean: Mutex<HashMap<Vec<u8>, Head>>,
 }
 
 /// Why opening failed: another process has the database open, or something else.
@@ -329,6 +333,7 @@ impl Db {
             pending: Mutex::new(Pending::new()),
             flusher: Mutex::new(None),
             inflight: Arc::new(Mutex::new(None)),
+            clean: Mutex::new(HashMap::new()),
         };
         db.replay().map_err(OpenError::Failed)?;
         Ok(db)
@@ -455,18 +460,36 @@ impl Db {
         self.in_flight(&slot)?.get(&slot).map(Staged::bytes)
     }
 
-    /// The statistics of every history ring, in key order, each read without building its
-    /// samples.
-    pub fn all_history_stats(&self) -> Result<Vec<(Vec<u8>, super::HistoryStats)>, StateError> {
+    /// The statistics of every history ring, in key order (a ring in the earlier format read
+    /// without building its samples). With `keep`, the heads are kept in memory for the
+    /// samples of the boot to come.
+    pub fn all_history_stats(
+        &self,
+        keep: bool,
+    ) -> Result<Vec<(Vec<u8>, super::HistoryStats)>, StateError> {
         let mut out = Vec::new();
+        let mut heads = HashMap::new();
         self.each(Tree::History, |key, bytes| {
-            let stats =
-                Stored::stats_of(bytes).map_err(|err| self.corrupt(Tree::History, key, err))?;
+            let stats = match serde_json::from_slice::<Head>(bytes) {
+                Ok(head) => {
+                    let stats = head.stats();
+                    if keep {
+                        heads.insert(key.to_vec(), head);
+                    }
+                    stats
+                }
+                Err(_) => {
+                    Stored::stats_of(bytes).map_err(|err| self.corrupt(Tree::History, key, err))?
+                }
+            };
             if let Some(stats) = stats {
                 out.push((key.to_vec(), stats));
             }
             Ok(())
         })?;
+        if keep {
+            *lock(&self.clean) = heads;
+        }
         Ok(out)
     }
 
@@ -551,6 +574,9 @@ impl Db {
     /// (a journal replayed over a checkpoint that reached sled) is skipped.
     fn stage(&self, op: Op) {
         let mut pending = lock(&self.pending);
+        if let Op::Put(Tree::History, key, _) | Op::Remove(Tree::History, key) = &op {
+            lock(&self.clean).remove(key);
+        }
         match op {
             Op::Put(tree, key, value) => {
                 pending.insert((tree as usize, key), Staged::Value(value));
@@ -604,7 +630,10 @@ impl Db {
                 Some(Staged::Head(head)) => return Some(head.clone()),
                 Some(Staged::Value(bytes)) => self.history_from(key, bytes),
                 Some(Staged::Removed) => None,
-                None => self.stored_history(key),
+                None => match lock(&self.clean).remove(key) {
+                    Some(head) => return Some(head),
+                    None => self.stored_history(key),
+                },
             },
         };
         match stored? {
@@ -1390,6 +1419,48 @@ mod tests {
         let db = Db::open_patiently(&paths).expect("reopen");
         expected.push(entry(50).sample);
         assert_eq!(db.ring(b"t").expect("get"), Some(expected));
+    }
+
+    #[test]
+    fn heads_kept_at_open_serve_the_next_sample_until_their_key_is_written() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        {
+            let db = Db::open_patiently(&paths).expect("open");
+            for ms in [1, 2, 3] {
+                let mut batch = Batch::default();
+                batch.sample(b"t", entry(ms));
+                batch.sample(b"u", entry(ms));
+                db.commit(batch).expect("commit");
+            }
+            db.checkpoint().expect("checkpoint");
+        }
+        let db = Db::open_patiently(&paths).expect("reopen");
+        let stats = db.all_history_stats(true).expect("stats");
+        assert_eq!(stats.len(), 2);
+        assert_eq!(lock(&db.clean).len(), 2, "both heads kept");
+
+        let mut batch = Batch::default();
+        batch.sample(b"t", entry(4));
+        db.commit(batch).expect("commit");
+        assert!(!lock(&db.clean).contains_key(b"t".as_slice()), "taken");
+        let durations = |db: &Db, key: &[u8]| -> Vec<u64> {
+            let ring = db.ring(key).expect("get").expect("ring");
+            ring.samples.iter().map(|s| s.duration_ms).collect()
+        };
+        assert_eq!(durations(&db, b"t"), [1, 2, 3, 4]);
+
+        // A ring written as a whole replaces the kept head: the next sample builds on it.
+        let mut legacy = super::super::history::Ring::new("h".into());
+        legacy.push(entry(9).sample);
+        let mut batch = Batch::default();
+        batch.put(Tree::History, b"u", &legacy);
+        db.commit(batch).expect("commit");
+        db.checkpoint().expect("checkpoint");
+        let mut batch = Batch::default();
+        batch.sample(b"u", entry(10));
+        db.commit(batch).expect("commit");
+        assert_eq!(durations(&db, b"u"), [9, 10]);
     }
 
     #[test]

@@ -311,7 +311,7 @@ fn open_database(paths: &Paths) -> Result<(Db, Loaded), StateError> {
             db.commit(batch)?;
         }
     }
-    let loaded = view::load(&db)?;
+    let loaded = view::load(&db, true)?;
     // A database from before the `history_stats` tree: fill it from the rings just read, so
     // the next opening reads only the statistics.
     if db.get::<bool>(Tree::Meta, HISTORY_STATS_COMPLETE)? != Some(true) {

@@ -44,7 +44,9 @@ fn utf8(key: Vec<u8>) -> String {
     String::from_utf8_lossy(&key).into_owned()
 }
 
-pub(crate) fn load(db: &Db) -> Result<Loaded, StateError> {
+/// Reads what the database holds. `recording`: for an apply, whose samples will need the
+/// history heads (kept in memory by the database, and read instead of the statistics tree).
+pub(crate) fn load(db: &Db, recording: bool) -> Result<Loaded, StateError> {
     let run_seq = db.get::<u64>(Tree::Meta, b"run_seq")?;
     let run = match run_seq {
         Some(seq) => db.get::<RunRecord>(Tree::Runs, &seq.to_be_bytes())?,
@@ -57,10 +59,10 @@ pub(crate) fn load(db: &Db) -> Result<Loaded, StateError> {
         .unwrap_or(false);
     let (components, quarantine, history) = std::thread::scope(|scope| {
         let history = scope.spawn(|| {
-            if stats_kept {
+            if stats_kept && !recording {
                 db.all::<HistoryStats>(Tree::HistoryStats)
             } else {
-                db.all_history_stats()
+                db.all_history_stats(recording)
             }
         });
         let components = db.all::<ComponentRecord>(Tree::Components);
@@ -231,7 +233,7 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
                             found,
                         });
                     }
-                    let loaded = load(&db)?;
+                    let loaded = load(&db, false)?;
                     return Ok(View::from_loaded(
                         dir.to_path_buf(),
                         Source::Database,

@@ -126,7 +126,7 @@ fn build_plan(
 ) -> Result<(Plan, Store, Option<RunCrown>), Error> {
     let graph = crate::graph::load(&request.files)?;
     let selected = graph.select(&request.targets)?;
-    let store = Store::open(&graph.config().state_dir)?;
+    let store = Store::open_deferred(&graph.config().state_dir)?;
     let options = crate::learned::options(
         &graph,
         request.targets.clone(),
@@ -190,7 +190,7 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
             let plan = load_saved_plan(path)?;
             // A broken plan file is refused before the state directory is touched.
             check(&plan)?;
-            let store = Store::open(&plan.state_dir)?;
+            let store = Store::open_deferred(&plan.state_dir)?;
             let crown = saved_plan_crown(&plan, &store, &request, &runtime)?;
             (plan, store, crown)
         }
@@ -212,6 +212,8 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     }
     // The suggestions this plan was judged with (handshake, saved file), for `razar plan`.
     store.record_suggestions(&plan.suggestions)?;
+    // Nothing starts unless the state file could be written.
+    store.opened()?;
 
     let mut reporter = Reporter::stdout(Reporter::mode_for(
         request.json,

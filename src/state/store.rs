@@ -136,6 +136,9 @@ struct Board {
 struct Shared {
     board: Arc<Board>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The outcome of the first `razar_state.json` of this opening, which the writer thread
+    /// writes as it starts (see [`Store::open_deferred`]); taken by [`Store::opened`].
+    first_write: Mutex<Option<std::sync::mpsc::Receiver<Result<(), StateError>>>>,
     db: Db,
     // Dropped last: the lock outlives the database handle.
     _lock: ApplyLock,
@@ -230,9 +233,21 @@ impl Board {
         result
     }
 
-    /// The writer thread: rewrites the snapshot when something changed, at most once per
-    /// [`SNAPSHOT_INTERVAL`], until shut down.
-    fn run_writer(self: Arc<Self>) {
+    /// The writer thread: writes the snapshot at once (its outcome sent to `first`), then
+    /// rewrites it when something changed, at most once per [`SNAPSHOT_INTERVAL`], until shut
+    /// down.
+    fn run_writer(self: Arc<Self>, first: std::sync::mpsc::Sender<Result<(), StateError>>) {
+        let began = std::time::Instant::now();
+        let _ = first.send(self.write_snapshot(Some(self.apply)));
+        drop(first);
+        {
+            let pause = SNAPSHOT_INTERVAL.max(began.elapsed() * 4);
+            let live = lock(&self.live);
+            if live.shutdown {
+                return;
+            }
+            let _ = self.wake.wait_timeout_while(live, pause, |l| !l.shutdown);
+        }
         loop {
             {
                 let mut live = lock(&self.live);
@@ -331,6 +346,16 @@ impl Store {
     /// repairs files that went missing or bad from the database (a damaged `razar_state.json`
     /// is moved aside, not deleted).
     pub fn open(state_dir: &Path) -> Result<Store, StateError> {
+        let store = Store::open_deferred(state_dir)?;
+        store.opened()?;
+        Ok(store)
+    }
+
+    /// [`Store::open`], except that the first `razar_state.json` is rendered and written by
+    /// the writer thread while the caller goes on (an apply plans meanwhile; ~10 ms for 2,000
+    /// components). [`Store::opened`] returns its outcome; [`Store::close`] reports it too if
+    /// nobody asked.
+    pub fn open_deferred(state_dir: &Path) -> Result<Store, StateError> {
         let paths = Paths::new(state_dir);
         std::fs::create_dir_all(&paths.dir).map_err(|e| StateError::io(&paths.dir, e))?;
         let apply_lock = ApplyLock::acquire(&paths)?;
@@ -439,18 +464,19 @@ impl Store {
             },
             failure: Mutex::new(None),
         });
-        board.write_snapshot(Some(board.apply))?;
+        let (first, first_write) = std::sync::mpsc::channel();
         let writer = {
             let board = Arc::clone(&board);
             std::thread::Builder::new()
                 .name("razar-state".to_owned())
-                .spawn(move || board.run_writer())
+                .spawn(move || board.run_writer(first))
                 .map_err(|e| StateError::io(&state_json, e))?
         };
         Ok(Store {
             shared: Arc::new(Shared {
                 board,
                 writer: Mutex::new(Some(writer)),
+                first_write: Mutex::new(Some(first_write)),
                 db,
                 _lock: apply_lock,
             }),
@@ -710,15 +736,39 @@ impl Store {
     /// fails. Dropping the store does the same, logging failures instead; after `close` it has
     /// nothing left to do.
     pub fn close(&self) -> Result<(), StateError> {
+        let first = self.opened();
         self.shared.stop_writer();
-        self.shared.db.checkpoint()?;
         let board = &self.shared.board;
         {
             let mut live = lock(&board.live);
             live.changed += 1;
             live.closed = true;
         }
-        board.write_snapshot(None)
+        // The database's checkpoint (sled's batch and flush) and the final snapshot's render
+        // touch nothing in common: both at once.
+        let (checkpoint, snapshot) = std::thread::scope(|scope| {
+            let checkpoint = scope.spawn(|| self.shared.db.checkpoint());
+            let snapshot = board.write_snapshot(None);
+            let checkpoint = checkpoint
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (checkpoint, snapshot)
+        });
+        first.and(checkpoint).and(snapshot)
+    }
+
+    /// Waits for the first `razar_state.json` of this opening (see [`Store::open_deferred`])
+    /// and returns whether it could be written; later calls return `Ok`.
+    pub fn opened(&self) -> Result<(), StateError> {
+        let Some(first) = lock(&self.shared.first_write).take() else {
+            return Ok(());
+        };
+        first.recv().unwrap_or_else(|_| {
+            Err(StateError::io(
+                &self.paths().state_json(),
+                std::io::Error::other("the snapshot writer stopped before writing it"),
+            ))
+        })
     }
 
     /// Makes everything durable and rewrites `razar_state.json` now.

@@ -1031,3 +1031,26 @@ fn a_lost_checkpoint_cancels_the_token() {
     ));
     assert!(token.is_cancelled());
 }
+
+#[test]
+fn a_state_file_that_cannot_be_written_is_reported_by_opened_and_by_open() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("state");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // The temporary file razar_state.json is written through, taken by a directory.
+    let blocker = dir.join(format!(".razar_state.json.tmp.{}", std::process::id()));
+    std::fs::create_dir(&blocker).expect("mkdir");
+    let store = Store::open_deferred(&dir).expect("opens; the file is written behind");
+    let err = store.opened().expect_err("the first write failed");
+    assert!(err.to_string().contains("razar_state.json"), "{err}");
+    assert!(store.opened().is_ok(), "reported once");
+    drop(store);
+    let err = Store::open(&dir)
+        .err()
+        .expect("open waits for the first write");
+    assert!(err.to_string().contains("razar_state.json"), "{err}");
+    std::fs::remove_dir(&blocker).expect("rmdir");
+    let store = Store::open_deferred(&dir).expect("open");
+    store.opened().expect("written");
+    assert!(dir.join("razar_state.json").exists());
+}

@@ -295,7 +295,11 @@ impl Db {
         };
         // sled may panic on some corruptions instead of returning an error; a damaged
         // database must end in a message, not a crash.
-        let opened = std::panic::catch_unwind(|| sled::Config::new().path(&path).open());
+        let opened = std::panic::catch_unwind(|| {
+            // No background flusher thread: razar flushes at its checkpoints, and its journal
+            // keeps whatever sled has not flushed yet.
+            sled::Config::new().path(&path).flush_every_ms(None).open()
+        });
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(sled::Error::Io(err))) if err.to_string().contains("could not acquire lock") => {

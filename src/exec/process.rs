@@ -5,7 +5,9 @@
 //! This module runs processes; it does not decide when. The scheduler (`exec::run`) calls it.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -84,6 +86,9 @@ pub fn environment(step: &Step, state_dir: &Path, run_id: &str) -> Vec<(String, 
 pub enum Proc {
     /// Spawned by this run: razar is its parent and reaps it.
     Child(tokio::process::Child),
+    /// Spawned by this run through [`sys::spawn`]: razar is its parent and reaps it when its
+    /// pidfd says it exited.
+    Own(Own),
     /// Adopted from an earlier run: watched through a pidfd; its exit status is unknowable.
     Adopted(AsyncFd<OwnedFd>),
     /// Adopted, but the kernel could not give a pidfd (or the process is a daemon's launcher
@@ -96,6 +101,7 @@ impl Proc {
     pub async fn wait(&mut self) -> Option<ExitInfo> {
         match self {
             Proc::Child(child) => child.wait().await.ok().map(exit_info),
+            Proc::Own(own) => own.wait().await,
             Proc::Adopted(fd) => {
                 // A pidfd becomes readable once the process has exited; it stays readable.
                 if let Ok(mut guard) = fd.readable().await {
@@ -108,21 +114,54 @@ impl Proc {
     }
 }
 
+/// A child started by [`sys::spawn`], watched through its pidfd.
+#[derive(Debug)]
+pub struct Own {
+    pidfd: AsyncFd<OwnedFd>,
+    exit: Option<ExitInfo>,
+}
+
+impl Own {
+    async fn wait(&mut self) -> Option<ExitInfo> {
+        while self.exit.is_none() {
+            let mut guard = self.pidfd.readable().await.ok()?;
+            match sys::reap(self.pidfd.get_ref().as_fd()) {
+                Ok(Some(exit)) => self.exit = Some(exit),
+                Ok(None) => guard.clear_ready(),
+                Err(_) => return None,
+            }
+        }
+        self.exit
+    }
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        // Reaped if it already ended (else it outlives razar's interest, as with
+        // `--keep-running`, and its zombie, if any, goes when razar exits).
+        if self.exit.is_none() {
+            let _ = sys::reap(self.pidfd.get_ref().as_fd());
+        }
+    }
+}
+
 /// Watches a process razar is not the parent of.
 pub fn adopt(pid: u32) -> Proc {
-    let registered = sys::pidfd_open(pid).and_then(|fd| {
-        // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open
-        // and refers to the same pidfd for the AsyncFd's whole life.
-        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(std::io::Error::from)
-    });
-    match registered {
+    match sys::pidfd_open(pid).and_then(watch) {
         Ok(fd) => Proc::Adopted(fd),
         Err(err) => {
             tracing::warn!(pid, %err, "cannot open a pidfd; the adopted process is not watched");
             Proc::Detached
         }
     }
+}
+
+/// Registers a pidfd with the runtime, to learn when its process exits.
+fn watch(pidfd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
+    // refers to the same pidfd for the AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
 }
 
 /// Where programs were found on `PATH`, so each spawn execs an absolute path.
@@ -134,6 +173,11 @@ pub fn adopt(pid: u32) -> Proc {
 #[derive(Debug, Default)]
 pub struct Programs {
     found: HashMap<(String, String), PathBuf>,
+    /// razar's own environment as `KEY=VALUE` strings, read at the first spawn.
+    environ: Option<Vec<CString>>,
+    /// Whether the kernel gives pidfds (Linux 5.3 and later), which [`sys::spawn`]'s
+    /// children are watched through; without, spawns go through `tokio::process`.
+    pidfds: Option<bool>,
 }
 
 impl Programs {
@@ -161,6 +205,43 @@ impl Programs {
 
     fn forget(&mut self, program: &str, path: &str) {
         self.found.remove(&(path.to_owned(), program.to_owned()));
+    }
+
+    fn pidfds(&mut self) -> bool {
+        *self
+            .pidfds
+            .get_or_insert_with(|| sys::pidfd_open(std::process::id()).is_ok())
+    }
+
+    /// razar's environment with `env` (`KEY=VALUE` strings) laid over it, as posix_spawn
+    /// takes it.
+    fn environment<'a>(&'a mut self, env: &'a [CString]) -> Vec<&'a CStr> {
+        let base = self.environ.get_or_insert_with(|| {
+            std::env::vars_os()
+                .filter_map(|(k, v)| {
+                    let mut entry = k.into_vec();
+                    entry.push(b'=');
+                    entry.extend_from_slice(v.as_bytes());
+                    CString::new(entry).ok()
+                })
+                .collect()
+        });
+        // `NAME=`: names hold no `=`, values may.
+        let overridden = |entry: &CStr| {
+            let bytes = entry.to_bytes();
+            let name = bytes
+                .split_inclusive(|&b| b == b'=')
+                .next()
+                .unwrap_or(bytes);
+            env.iter().any(|e| e.to_bytes().starts_with(name))
+        };
+        let mut out: Vec<&CStr> = base
+            .iter()
+            .map(CString::as_c_str)
+            .filter(|entry| !overridden(entry))
+            .collect();
+        out.extend(env.iter().map(CString::as_c_str));
+        out
     }
 }
 
@@ -221,6 +302,50 @@ pub fn spawn(
         .or_else(|| std::env::var("PATH").ok())
         .unwrap_or_default();
     let resolved = programs.resolve(program, &search_path);
+    let direct = resolved
+        .clone()
+        .or_else(|| program.contains('/').then(|| PathBuf::from(program)));
+    if let Some(path) = direct.filter(|_| programs.pidfds())
+        && let Some(prepared) = Prepared::new(&path, argv, env, cwd)
+    {
+        let before = sys::boottime_ns();
+        let started = {
+            let envp = programs.environment(&prepared.env);
+            sys::spawn(&sys::SpawnRequest {
+                program: &prepared.program,
+                argv: &prepared
+                    .argv
+                    .iter()
+                    .map(CString::as_c_str)
+                    .collect::<Vec<_>>(),
+                envp: &envp,
+                cwd: prepared.cwd.as_deref(),
+                output: file.as_fd(),
+            })
+        };
+        let pid = started.map_err(|err| {
+            if resolved.is_some() {
+                programs.forget(program, &search_path);
+            }
+            let place = cwd.map_or(String::new(), |c| format!(" in `{}`", c.display()));
+            fail(format!("cannot start `{program}`{place}: {err}"))
+        })?;
+        let after = sys::boottime_ns();
+        let pidfd = sys::pidfd_open(pid).and_then(watch).map_err(|err| {
+            // Not left running unwatched: it is killed and reaped at once.
+            let _ = sys::signal_group(pid, libc::SIGKILL);
+            // SAFETY: waitpid(2) on our own child, with no status wanted.
+            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+            fail(format!("cannot watch `{program}` (pid {pid}): {err}"))
+        })?;
+        return Ok(Spawned {
+            proc: Proc::Own(Own { pidfd, exit: None }),
+            pid,
+            pgid: pid,
+            start_time: start_time(pid, before, after),
+            log_offset,
+        });
+    }
     let mut command = match &resolved {
         Some(path) => {
             let mut command = tokio::process::Command::new(path);
@@ -256,20 +381,58 @@ pub fn spawn(
         .id()
         .expect("a child that was just spawned has not been reaped");
     let after = sys::boottime_ns();
-    // Known from the boot clock, or else from /proc: the child cannot have been reaped yet,
-    // so /proc still has it (perhaps as a zombie).
-    let start_time = before
-        .zip(after)
-        .and_then(|(before, after)| sys::start_time_between(before, after))
-        .or_else(|| sys::proc_stat(pid).map(|s| s.start_time))
-        .unwrap_or(0);
     Ok(Spawned {
         proc: Proc::Child(child),
         pid,
         pgid: pid,
-        start_time,
+        start_time: start_time(pid, before, after),
         log_offset,
     })
+}
+
+/// The start time of a child spawned between two boot-clock readings: known from the clock,
+/// or else from /proc (the child cannot have been reaped yet, so /proc still has it, perhaps
+/// as a zombie).
+fn start_time(pid: u32, before: Option<u64>, after: Option<u64>) -> u64 {
+    before
+        .zip(after)
+        .and_then(|(before, after)| sys::start_time_between(before, after))
+        .or_else(|| sys::proc_stat(pid).map(|s| s.start_time))
+        .unwrap_or(0)
+}
+
+/// A spawn's strings as posix_spawn takes them: `argv[0]` the name the program was given.
+struct Prepared {
+    program: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: Option<CString>,
+}
+
+impl Prepared {
+    /// `None` when a string holds a NUL byte (the standard library's spawn then reports it).
+    fn new(
+        path: &Path,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: Option<&Path>,
+    ) -> Option<Prepared> {
+        Some(Prepared {
+            program: CString::new(path.as_os_str().as_bytes()).ok()?,
+            argv: argv
+                .iter()
+                .map(|arg| CString::new(arg.as_bytes()).ok())
+                .collect::<Option<_>>()?,
+            env: env
+                .iter()
+                .map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+                .collect::<Option<_>>()?,
+            cwd: match cwd {
+                Some(dir) => Some(CString::new(dir.as_os_str().as_bytes()).ok()?),
+                None => None,
+            },
+        })
+    }
 }
 
 /// How to stop one component.
@@ -419,6 +582,50 @@ mod tests {
         assert_eq!(exit.code, Some(3));
         let tail = logs.tail("greeter", spawned.log_offset, 10);
         assert_eq!(tail, vec!["hello", "oops"]);
+    }
+
+    #[tokio::test]
+    async fn a_spawned_process_gets_the_environment_signals_and_stdin_it_would_from_std() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
+        let mut programs = Programs::default();
+        assert!(
+            programs.pidfds(),
+            "this kernel gives pidfds: the direct spawn is tested"
+        );
+        let env = vec![
+            ("GREETING".to_owned(), "hello=world".to_owned()),
+            ("HOME".to_owned(), "/razar-home".to_owned()),
+        ];
+        // SigBlk: the blocked mask; SigIgn bit 13 (0x1000): SIGPIPE ignored.
+        let script = "echo \"$GREETING $HOME ${PATH:+path}\"; pwd; cat; \
+                      grep -E '^Sig(Blk|Ign)' /proc/$$/status; kill -TERM $$";
+        let mut spawned = spawn(
+            &mut programs,
+            &logs,
+            "env",
+            "--- attempt 1",
+            &argv(script),
+            &env,
+            Some(dir.path()),
+        )
+        .expect("spawn");
+        assert!(matches!(spawned.proc, Proc::Own(_)));
+        let exit = spawned.proc.wait().await.expect("exit status of a child");
+        assert_eq!((exit.code, exit.signal), (None, Some(libc::SIGTERM)));
+        assert_eq!(spawned.proc.wait().await, Some(exit), "the status is kept");
+        let tail = logs.tail("env", spawned.log_offset, 10);
+        assert_eq!(tail[0], "hello=world /razar-home path", "{tail:?}");
+        assert_eq!(
+            Path::new(&tail[1]).canonicalize().expect("cwd"),
+            dir.path().canonicalize().expect("dir")
+        );
+        let mask = |name: &str| {
+            let line = tail.iter().find(|l| l.starts_with(name)).expect(name);
+            u64::from_str_radix(line.split_whitespace().nth(1).expect("mask"), 16).expect("hex")
+        };
+        assert_eq!(mask("SigBlk"), 0, "{tail:?}");
+        assert_eq!(mask("SigIgn") & (1 << (libc::SIGPIPE - 1)), 0, "{tail:?}");
     }
 
     #[tokio::test]

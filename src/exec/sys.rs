@@ -4,9 +4,12 @@
 //! the rest of the executor calls these functions and never `libc` directly. Nothing here
 //! decides *when* to signal or kill: that is the scheduler's job.
 
+use std::ffi::CStr;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
+
+use super::event::ExitInfo;
 
 /// What razar needs from `/proc/PID/stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +298,141 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).expect("the kernel returns descriptors that fit an int");
     // SAFETY: the descriptor was just returned by the kernel and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What [`spawn`] starts, prepared by the caller: the program's path (no `PATH` search),
+/// `argv` and the whole environment as `KEY=VALUE` strings.
+pub struct SpawnRequest<'a> {
+    pub program: &'a CStr,
+    pub argv: &'a [&'a CStr],
+    pub envp: &'a [&'a CStr],
+    pub cwd: Option<&'a CStr>,
+    /// Where the process's stdout and stderr go (stdin is `/dev/null`).
+    pub output: BorrowedFd<'a>,
+}
+
+/// Starts a process in a new process group with posix_spawn(3) (glibc: `clone` with
+/// `CLONE_VM | CLONE_VFORK`, the child's `exec` errors reported back), its signal mask empty
+/// and SIGPIPE back to its default, as the standard library does. Returns its pid.
+///
+/// Unlike `std::process::Command`, the environment comes ready-made: the standard library
+/// copies razar's whole environment into a map and back into C strings on every spawn,
+/// which cost about 6 µs of the scheduler thread per spawn of a 2,000-task boot.
+pub fn spawn(request: &SpawnRequest<'_>) -> io::Result<u32> {
+    fn check(rc: libc::c_int) -> io::Result<()> {
+        match rc {
+            0 => Ok(()),
+            err => Err(io::Error::from_raw_os_error(err)),
+        }
+    }
+    fn pointers(strings: &[&CStr]) -> Vec<*mut libc::c_char> {
+        strings
+            .iter()
+            .map(|s| s.as_ptr().cast_mut())
+            .chain([std::ptr::null_mut()])
+            .collect()
+    }
+    let argv = pointers(request.argv);
+    let envp = pointers(request.envp);
+    let output = request.output.as_raw_fd();
+    // SAFETY: the file actions and attributes are initialised before use and destroyed on
+    // every path; every pointer handed to posix_spawn (program, the NULL-terminated argv and
+    // envp arrays, the paths) points into strings borrowed for this whole call.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(err) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(err);
+        }
+        let result = (|| {
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                c"/dev/null".as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions,
+                output,
+                1,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions,
+                output,
+                2,
+            ))?;
+            if let Some(cwd) = request.cwd {
+                check(libc::posix_spawn_file_actions_addchdir_np(
+                    &mut actions,
+                    cwd.as_ptr(),
+                ))?;
+            }
+            let flags = libc::POSIX_SPAWN_SETPGROUP
+                | libc::POSIX_SPAWN_SETSIGMASK
+                | libc::POSIX_SPAWN_SETSIGDEF;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                flags as libc::c_short,
+            ))?;
+            check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &set))?;
+            libc::sigaddset(&mut set, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &set))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                request.program.as_ptr(),
+                &actions,
+                &attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            ))?;
+            Ok(u32::try_from(pid).expect("posix_spawn returns a positive pid"))
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result
+    }
+}
+
+/// How the child behind `pidfd` ended, reaping it: `None` while it still runs.
+pub fn reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitInfo>> {
+    // SAFETY: waitid(2) fills the zeroed siginfo it is given; P_PIDFD names the child by a
+    // descriptor this process holds.
+    let info = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let rc = libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        );
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        info
+    };
+    // SAFETY: after waitid the pid and status fields of a SIGCHLD siginfo are set (the pid
+    // is 0 when WNOHANG found the child still running).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => ExitInfo {
+            code: Some(status),
+            signal: None,
+        },
+        _ => ExitInfo {
+            code: None,
+            signal: Some(status),
+        },
+    }))
 }
 
 #[cfg(test)]

@@ -291,9 +291,6 @@ pub fn spawn(
     let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
         return Err(fail("the command is empty".to_owned()));
     };
-    let stderr = file
-        .try_clone()
-        .map_err(|err| fail(format!("cannot share its log descriptor: {err}")))?;
     let search_path = env
         .iter()
         .rev()
@@ -346,6 +343,9 @@ pub fn spawn(
             log_offset,
         });
     }
+    let stderr = file
+        .try_clone()
+        .map_err(|err| fail(format!("cannot share its log descriptor: {err}")))?;
     let mut command = match &resolved {
         Some(path) => {
             let mut command = tokio::process::Command::new(path);

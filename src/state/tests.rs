@@ -902,6 +902,15 @@ fn kill_9_loses_no_checkpoint() {
     assert_eq!(priors["migrate"].status, PriorStatus::Completed);
     assert_eq!(priors["db"].status, PriorStatus::Running);
     assert_eq!(priors["db"].pid, Some(child_pid));
+    // The history sample, journalled with its sequence number, is replayed once.
+    let history = store.history();
+    assert_eq!(
+        (history["migrate"].samples, history["migrate"].p50_ms),
+        (1, Some(1))
+    );
+    drop(store);
+    let store = Store::open(&dir).expect("reopen");
+    assert_eq!(store.history()["migrate"].samples, 1, "not counted twice");
     let view = store.view();
     assert_eq!(view.run.as_ref().map(|r| r.id.as_str()), Some("crashed"));
     assert_eq!(view.run.as_ref().and_then(|r| r.finished_at.clone()), None);

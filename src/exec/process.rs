@@ -117,15 +117,24 @@ impl Proc {
 /// A child started by [`sys::spawn`], watched through its pidfd.
 #[derive(Debug)]
 pub struct Own {
-    pidfd: AsyncFd<OwnedFd>,
+    /// `None` only once dropped.
+    pidfd: Option<AsyncFd<OwnedFd>>,
     exit: Option<ExitInfo>,
 }
 
 impl Own {
+    fn new(pidfd: AsyncFd<OwnedFd>) -> Own {
+        Own {
+            pidfd: Some(pidfd),
+            exit: None,
+        }
+    }
+
     async fn wait(&mut self) -> Option<ExitInfo> {
         while self.exit.is_none() {
-            let mut guard = self.pidfd.readable().await.ok()?;
-            match sys::reap(self.pidfd.get_ref().as_fd()) {
+            let pidfd = self.pidfd.as_ref()?;
+            let mut guard = pidfd.readable().await.ok()?;
+            match sys::reap(pidfd.get_ref().as_fd()) {
                 Ok(Some(exit)) => self.exit = Some(exit),
                 Ok(None) => guard.clear_ready(),
                 Err(_) => return None,
@@ -136,11 +145,23 @@ impl Own {
 }
 
 impl Drop for Own {
+    /// A child nobody waits for any more is still reaped when it ends (as tokio does for
+    /// its own children), so a long supervision leaves no zombies behind.
     fn drop(&mut self) {
-        // Reaped if it already ended (else it outlives razar's interest, as with
-        // `--keep-running`, and its zombie, if any, goes when razar exits).
-        if self.exit.is_none() {
-            let _ = sys::reap(self.pidfd.get_ref().as_fd());
+        if self.exit.is_some() {
+            return;
+        }
+        let Some(pidfd) = self.pidfd.take() else {
+            return;
+        };
+        if !matches!(sys::reap(pidfd.get_ref().as_fd()), Ok(None)) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut own = Own::new(pidfd);
+                own.wait().await;
+            });
         }
     }
 }
@@ -336,7 +357,7 @@ pub fn spawn(
             fail(format!("cannot watch `{program}` (pid {pid}): {err}"))
         })?;
         return Ok(Spawned {
-            proc: Proc::Own(Own { pidfd, exit: None }),
+            proc: Proc::Own(Own::new(pidfd)),
             pid,
             pgid: pid,
             start_time: start_time(pid, before, after),
@@ -629,6 +650,32 @@ mod tests {
         };
         assert_eq!(mask("SigBlk"), 0, "{tail:?}");
         assert_eq!(mask("SigIgn") & (1 << (libc::SIGPIPE - 1)), 0, "{tail:?}");
+    }
+
+    #[tokio::test]
+    async fn a_child_nobody_waits_for_is_still_reaped_when_it_ends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
+        let spawned = spawn(
+            &mut Programs::default(),
+            &logs,
+            "sleeper",
+            "--- attempt 1",
+            &argv("exec sleep 30"),
+            &[],
+            None,
+        )
+        .expect("spawn");
+        assert!(matches!(spawned.proc, Proc::Own(_)));
+        let pid = spawned.pid;
+        drop(spawned);
+        sys::signal_group(pid, libc::SIGKILL).expect("kill");
+        // Gone from the process table once reaped (a zombie keeps its /proc entry).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sys::proc_stat(pid).is_some() {
+            assert!(Instant::now() < deadline, "pid {pid} was never reaped");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]

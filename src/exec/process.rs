@@ -196,8 +196,9 @@ pub struct Programs {
     found: HashMap<(String, String), PathBuf>,
     /// razar's own environment as `KEY=VALUE` strings, read at the first spawn.
     environ: Option<Vec<CString>>,
-    /// Whether the kernel gives pidfds (Linux 5.3 and later), which [`sys::spawn`]'s
-    /// children are watched through; without, spawns go through `tokio::process`.
+    /// Whether the kernel gives pidfds and reaps through them (Linux 5.4 and later), which
+    /// [`sys::spawn`]'s children are watched with; without, spawns go through
+    /// `tokio::process`.
     pidfds: Option<bool>,
 }
 
@@ -229,9 +230,13 @@ impl Programs {
     }
 
     fn pidfds(&mut self) -> bool {
-        *self
-            .pidfds
-            .get_or_insert_with(|| sys::pidfd_open(std::process::id()).is_ok())
+        *self.pidfds.get_or_insert_with(|| {
+            // pidfd_open came with Linux 5.3, waitid(P_PIDFD) with 5.4: asked about razar
+            // itself (not its own child), a kernel that knows P_PIDFD says ECHILD.
+            sys::pidfd_open(std::process::id()).is_ok_and(|own| {
+                sys::reap(own.as_fd()).is_err_and(|err| err.raw_os_error() == Some(libc::ECHILD))
+            })
+        })
     }
 
     /// razar's environment with `env` (`KEY=VALUE` strings) laid over it, as posix_spawn

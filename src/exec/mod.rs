@@ -386,10 +386,19 @@ pub async fn run(
 ) -> Result<Outcome, RunError> {
     check(plan).map_err(RunError::InvalidPlan)?;
     let logs = logs::Logs::new(&plan.state_dir, options.log_max_bytes);
+    let fresh = !logs.dir().exists();
     std::fs::create_dir_all(logs.dir()).map_err(|source| RunError::Logs {
         path: logs.dir().to_path_buf(),
         source,
     })?;
+    if fresh {
+        logs.create_ahead(
+            plan.steps
+                .iter()
+                .filter(|s| s.command.is_some())
+                .map(|s| s.name.as_str()),
+        );
+    }
     let mut run = Run::new(plan, options, shutdown, sink, logs);
     Ok(run.execute().await)
 }

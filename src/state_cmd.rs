@@ -186,7 +186,10 @@ pub fn logs(
     let paths = Paths::new(&target.dir);
     let log = paths.log_file(name);
     let rotated = paths.rotated_log_file(name);
-    if !log.exists() && !rotated.exists() {
+    // An empty log counts as none: a new log directory gets its files created ahead of the
+    // components that write them.
+    let log_size = std::fs::metadata(&log).map(|m| m.len()).ok();
+    if log_size.unwrap_or(0) == 0 && !rotated.exists() {
         if let Some(graph) = &target.graph
             && graph.index_of(name).is_none()
         {
@@ -197,8 +200,13 @@ pub fn logs(
             ));
         }
         if !follow {
+            let state = if log_size.is_some() {
+                "is empty"
+            } else {
+                "does not exist"
+            };
             eprintln!(
-                "no output captured for `{name}` yet (`{}` does not exist)",
+                "no output captured for `{name}` yet (`{}` {state})",
                 log.display()
             );
             return Ok(());

@@ -572,6 +572,26 @@ fn reading_commands_never_create_the_state_dir() {
 }
 
 #[test]
+fn logs_of_a_component_with_no_output_yet_says_so() {
+    let dir = Dir::new();
+    let logs = dir.state().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    // A new log directory gets empty files before the components write them.
+    std::fs::write(logs.join("db.log"), "").expect("write");
+    let out = dir.razar(&["logs", "db"]);
+    assert_eq!(out.code, Some(0), "{}", out.show());
+    assert_eq!(out.stdout, "", "{}", out.show());
+    assert!(
+        out.stderr.contains("no output captured for `db` yet") && out.stderr.contains("is empty"),
+        "{}",
+        out.show()
+    );
+    std::fs::remove_file(logs.join("db.log")).expect("rm");
+    let out = dir.razar(&["logs", "db"]);
+    assert!(out.stderr.contains("does not exist"), "{}", out.show());
+}
+
+#[test]
 fn damaged_state_is_reported_with_the_file_and_left_alone() {
     let dir = Dir::new();
     std::fs::create_dir_all(dir.state()).expect("mkdir");

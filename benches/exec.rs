@@ -16,7 +16,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const RAZAR: &str = env!("CARGO_BIN_EXE_razar");
+/// The razar binary the runs use: cargo's release build, or `RAZAR_BIN` (to measure another
+/// build, say an earlier commit's, with the same harness).
+fn razar_bin() -> String {
+    std::env::var("RAZAR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_razar").to_owned())
+}
 
 /// Sizes of one benchmark run. `cargo bench` passes `--bench` and gets the real sizes;
 /// `cargo test` (CI runs `cargo test --all-targets`) runs the same code on tiny sizes, as a
@@ -191,7 +195,7 @@ fn overhead(scale: Scale) {
     // the first).
     let apply = |dir: &Path| {
         time(
-            Command::new(RAZAR)
+            Command::new(razar_bin())
                 .args([
                     "apply",
                     "-c",
@@ -359,7 +363,7 @@ fn spawn_json(
     std::process::Child,
     std::sync::mpsc::Receiver<serde_json::Value>,
 ) {
-    let mut child = Command::new(RAZAR)
+    let mut child = Command::new(razar_bin())
         .arg("apply")
         .args(args)
         .arg("--json")

@@ -588,6 +588,19 @@ mod tests {
         vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()]
     }
 
+    /// Spawns `argv` as attempt 1 of `name`, with razar's environment and working directory.
+    fn plain(logs: &Logs, name: &str, argv: &[String]) -> Result<Spawned, SpawnError> {
+        spawn(
+            &mut Programs::default(),
+            logs,
+            name,
+            "--- attempt 1",
+            argv,
+            &[],
+            None,
+        )
+    }
+
     #[tokio::test]
     async fn spawns_in_its_own_group_with_output_in_the_log() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -661,16 +674,7 @@ mod tests {
     async fn a_child_nobody_waits_for_is_still_reaped_when_it_ends() {
         let dir = tempfile::tempdir().expect("temp dir");
         let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
-        let spawned = spawn(
-            &mut Programs::default(),
-            &logs,
-            "sleeper",
-            "--- attempt 1",
-            &argv("exec sleep 30"),
-            &[],
-            None,
-        )
-        .expect("spawn");
+        let spawned = plain(&logs, "sleeper", &argv("exec sleep 30")).expect("spawn");
         assert!(matches!(spawned.proc, Proc::Own(_)));
         let pid = spawned.pid;
         drop(spawned);
@@ -687,16 +691,8 @@ mod tests {
     async fn a_missing_program_is_reported_in_the_log() {
         let dir = tempfile::tempdir().expect("temp dir");
         let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
-        let err = spawn(
-            &mut Programs::default(),
-            &logs,
-            "ghost",
-            "--- attempt 1",
-            &["/nonexistent/razar-ghost".to_owned()],
-            &[],
-            None,
-        )
-        .expect_err("cannot spawn");
+        let err = plain(&logs, "ghost", &["/nonexistent/razar-ghost".to_owned()])
+            .expect_err("cannot spawn");
         assert!(
             err.message
                 .contains("cannot start `/nonexistent/razar-ghost`")
@@ -710,14 +706,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
         // The shell ignores TERM and so does its background child.
-        let mut spawned = spawn(
-            &mut Programs::default(),
+        let mut spawned = plain(
             &logs,
             "stubborn",
-            "--- attempt 1",
             &argv("trap '' TERM; sleep 30 & echo started; wait"),
-            &[],
-            None,
         )
         .expect("spawn");
         let mut reader =
@@ -750,16 +742,8 @@ mod tests {
     async fn stop_signals_the_whole_group_and_returns_once_it_is_empty() {
         let dir = tempfile::tempdir().expect("temp dir");
         let logs = Logs::new(dir.path(), super::super::logs::DEFAULT_MAX_BYTES);
-        let mut spawned = spawn(
-            &mut Programs::default(),
-            &logs,
-            "polite",
-            "--- attempt 1",
-            &argv("sleep 30 & sleep 30 & wait"),
-            &[],
-            None,
-        )
-        .expect("spawn");
+        let mut spawned =
+            plain(&logs, "polite", &argv("sleep 30 & sleep 30 & wait")).expect("spawn");
         let pgid = spawned.pgid;
         let forced = stop(
             StopSpec {

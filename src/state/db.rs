@@ -4,7 +4,9 @@
 //!
 //! Trees: `meta` (format version, run sequence, crown handshake, last component),
 //! `runs` (sequence → [`RunRecord`](super::RunRecord)), `components` (name → checkpoint),
-//! `history` (name → ring of samples), `quarantine` (name → record).
+//! `history` (name → the head of its ring of samples, see [`Head`]), `history_samples` (name,
+//! zero byte, sequence number → one sample), `history_stats` (name → the ring's statistics,
+//! derived when sled receives its head), `quarantine` (name → record).
 //!
 //! Durability: a sled flush costs ~70–120 µs here, too much for every event of a large boot,
 //! and sled's unflushed writes live in razar's memory, lost if razar is killed. So every
@@ -14,8 +16,9 @@
 //! receives them at a checkpoint, which runs when the journal passes [`JOURNAL_CHECKPOINT`] and
 //! on close: every key written since the last one is applied once (a component checkpointed
 //! at spawn and again at exit costs sled one insert), sled is flushed, and the journal
-//! emptied. Opening the database replays the journal. The journal is always ahead of sled, so
-//! a replay never moves state backwards.
+//! emptied. A full journal is set aside as `db.journal.prev` and checkpointed by a thread
+//! while commits go on into a new one. Opening the database replays the journals. They are
+//! always ahead of sled, so a replay never moves state backwards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -46,9 +49,9 @@ pub(crate) enum Tree {
     History,
     Quarantine,
     /// The statistics of each history ring, kept by the database itself whenever sled
-    /// receives a ring (see [`give_sled`]), so opening the store reads 2,000 small records
-    /// instead of parsing 2,000 rings. Derived when sled receives the ring, so it lags a
-    /// ring still staged: read it right after opening (the journals are replayed then), and
+    /// receives a ring's head (see [`give_sled`]), for the read-only commands (an apply reads
+    /// the heads, which its samples need). Derived when sled receives the head, so it lags a
+    /// head still staged: read it right after opening (the journals are replayed then), and
     /// ask [`Db::ring_stats`] while recording.
     HistoryStats,
     /// The samples of the history rings, each under its own key ([`sample_key`]); the

@@ -70,13 +70,7 @@ impl Ring {
     }
 
     pub fn stats(&self) -> Option<HistoryStats> {
-        let last = self.samples.back()?;
-        stats_of(
-            &self.command_hash,
-            self.samples.iter().map(|s| (s.duration_ms, s.outcome)),
-            &last.at,
-            last.outcome,
-        )
+        Head::from_ring(self)?.stats()
     }
 }
 
@@ -157,21 +151,22 @@ impl Head {
     }
 
     pub fn stats(&self) -> Option<HistoryStats> {
-        self.window.back()?;
         stats_of(
             &self.command_hash,
-            self.window.iter().map(|entry| match entry {
-                Some(ms) => (*ms, Outcome::Completed),
-                None => (0, Outcome::Failed),
-            }),
+            self.window.iter().copied(),
             &self.last_seen,
             self.last_outcome,
         )
     }
 }
 
+/// What a ring's statistics need of one sample: its duration, `None` when the attempt failed.
 fn window_entry(sample: &Sample) -> Option<u64> {
-    (sample.outcome != Outcome::Failed).then_some(sample.duration_ms)
+    duration_unless_failed(sample.duration_ms, sample.outcome)
+}
+
+fn duration_unless_failed(duration_ms: u64, outcome: Outcome) -> Option<u64> {
+    (outcome != Outcome::Failed).then_some(duration_ms)
 }
 
 /// The `history_samples` key of sample `seq` of component `name`: the name, a zero byte (no
@@ -232,31 +227,33 @@ struct SampleDigest<'a> {
 }
 
 impl RingDigest<'_> {
-    /// The same statistics as [`Ring::stats`] of the ring these bytes hold.
+    /// The same statistics as the [`Head`] of the ring these bytes hold would give.
     pub fn stats(&self) -> Option<HistoryStats> {
         let last = self.samples.last()?;
         stats_of(
             &self.command_hash,
-            self.samples.iter().map(|s| (s.duration_ms, s.outcome)),
+            self.samples
+                .iter()
+                .map(|s| duration_unless_failed(s.duration_ms, s.outcome)),
             &last.at,
             last.outcome,
         )
     }
 }
 
+/// Statistics of a ring from its samples' window entries (see [`window_entry`]), oldest
+/// first; `None` for an empty ring.
 fn stats_of(
     command_hash: &str,
-    samples: impl Iterator<Item = (u64, Outcome)>,
+    window: impl Iterator<Item = Option<u64>>,
     last_seen: &str,
     last_outcome: Outcome,
 ) -> Option<HistoryStats> {
     let mut count = 0usize;
     let mut durations: Vec<u64> = Vec::new();
-    for (ms, outcome) in samples {
+    for entry in window {
         count += 1;
-        if outcome != Outcome::Failed {
-            durations.push(ms);
-        }
+        durations.extend(entry);
     }
     if count == 0 {
         return None;
@@ -278,7 +275,7 @@ fn stats_of(
 }
 
 /// What the journal holds for one history sample: the attempt and the command it was measured
-/// with, not the whole ring (which reaches sled at the next checkpoint).
+/// with (the ring's head, and the sample under its own key, reach sled at the next checkpoint).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SampleEntry {

@@ -237,19 +237,10 @@ impl Board {
     /// rewrites it when something changed, at most once per [`SNAPSHOT_INTERVAL`], until shut
     /// down.
     fn run_writer(self: Arc<Self>, first: std::sync::mpsc::Sender<Result<(), StateError>>) {
-        let began = std::time::Instant::now();
-        let _ = first.send(self.write_snapshot(Some(self.apply)));
-        drop(first);
-        {
-            let pause = SNAPSHOT_INTERVAL.max(began.elapsed() * 4);
-            let live = lock(&self.live);
-            if live.shutdown {
-                return;
-            }
-            let _ = self.wake.wait_timeout_while(live, pause, |l| !l.shutdown);
-        }
+        let mut first = Some(first);
         loop {
-            {
+            // The first snapshot is written at once; later ones wait for a change.
+            if first.is_none() {
                 let mut live = lock(&self.live);
                 while live.changed <= live.written && !live.shutdown {
                     live = self
@@ -262,8 +253,16 @@ impl Board {
                 }
             }
             let began = std::time::Instant::now();
-            if let Err(err) = self.write_snapshot(Some(self.apply)) {
-                self.fail(&err);
+            let written = self.write_snapshot(Some(self.apply));
+            match first.take() {
+                Some(first) => {
+                    let _ = first.send(written);
+                }
+                None => {
+                    if let Err(err) = written {
+                        self.fail(&err);
+                    }
+                }
             }
             // A large stack's snapshot takes a while to render and write: keep the writer
             // under about a fifth of one core.
@@ -889,7 +888,7 @@ pub struct Recorder {
     /// `at_ms` of each component's latest spawn in this run, for failure durations.
     spawned_at_ms: HashMap<String, u64>,
     /// Components given a history sample by the event being recorded: their statistics are
-    /// refreshed from the ring the database staged, once the event is committed.
+    /// refreshed from the head the database staged, once the event is committed.
     sampled: Vec<String>,
     on_failure: Option<FailureHook>,
 }
@@ -1073,14 +1072,14 @@ impl Recorder {
                 live.loaded.last_component = component.clone();
                 batch.put(Tree::Meta, b"last_component", component);
                 self.sample(
-                    &mut live,
+                    &live,
                     &mut batch,
                     component,
                     at,
                     *attempt,
                     *after_ms,
                     SampleOutcome::Ready,
-                )?;
+                );
                 touched.push(component.clone());
             }
             EventKind::Completed {
@@ -1100,14 +1099,14 @@ impl Recorder {
                 live.loaded.last_component = component.clone();
                 batch.put(Tree::Meta, b"last_component", component);
                 self.sample(
-                    &mut live,
+                    &live,
                     &mut batch,
                     component,
                     at,
                     *attempt,
                     *after_ms,
                     SampleOutcome::Completed,
-                )?;
+                );
                 touched.push(component.clone());
             }
             EventKind::Probe {
@@ -1144,14 +1143,14 @@ impl Recorder {
                     .get(component)
                     .map_or(0, |&spawned| event.at_ms.saturating_sub(spawned));
                 self.sample(
-                    &mut live,
+                    &live,
                     &mut batch,
                     component,
                     at,
                     *attempt,
                     duration,
                     SampleOutcome::Failed,
-                )?;
+                );
                 touched.push(component.clone());
             }
             EventKind::RestartScheduled {
@@ -1352,27 +1351,28 @@ impl Recorder {
     }
 
     /// Adds one attempt to the component's history ring (started afresh when its command
-    /// changed) and refreshes its statistics.
+    /// changed); its statistics are refreshed once the event is committed.
     #[expect(
         clippy::too_many_arguments,
         reason = "one call site per outcome, all fields needed"
     )]
     fn sample(
         &mut self,
-        live: &mut Live,
+        live: &Live,
         batch: &mut Batch,
         name: &str,
         at: &str,
         attempt: u32,
         duration_ms: u64,
         outcome: SampleOutcome,
-    ) -> Result<(), StateError> {
+    ) {
         let Some(hash) = self.steps.get(name).and_then(|s| s.command_hash.clone()) else {
             // Milestones (no command) and components outside the plan have no history.
-            return Ok(());
+            return;
         };
-        // Only the sample goes to the journal; the database stages the whole ring (loaded
-        // once per run) and writes it at the next checkpoint.
+        // Only the sample goes to the journal; the database gives it its sequence number,
+        // stages it under its own key with the ring's updated head, and sled receives both
+        // at the next checkpoint.
         batch.sample(
             name.as_bytes(),
             SampleEntry {
@@ -1388,7 +1388,6 @@ impl Recorder {
             },
         );
         self.sampled.push(name.to_owned());
-        Ok(())
     }
 }
 

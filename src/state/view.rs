@@ -52,8 +52,8 @@ pub(crate) fn load(db: &Db, recording: bool) -> Result<Loaded, StateError> {
         Some(seq) => db.get::<RunRecord>(Tree::Runs, &seq.to_be_bytes())?,
         None => None,
     };
-    // The history rings (the bulk of the bytes) are digested on a second thread while this
-    // one reads the component and quarantine records.
+    // The history (statistics, or for an apply the ring heads) is read on a second thread
+    // while this one reads the component and quarantine records.
     let stats_kept = db
         .get::<bool>(Tree::Meta, HISTORY_STATS_COMPLETE)?
         .unwrap_or(false);

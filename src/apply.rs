@@ -182,7 +182,9 @@ pub fn new_run_id() -> String {
     format!("{time}-{}", std::process::id())
 }
 
-/// `razar apply`: boots the plan, supervises it, stops it; returns how the run ended.
+/// `razar apply`: boots the plan, supervises it, stops it; returns how the run ended. The
+/// process's last act: the state database stays locked until the process exits (see
+/// [`Store::close_for_exit`]).
 pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     let runtime = runtime()?;
     let (mut plan, store, mut crown) = match &request.plan_file {
@@ -294,7 +296,8 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
             source: std::io::Error::other(failure),
         });
     }
-    store.close()?;
+    // The process exits next: sled's cache is left to the kernel (~14 ms with full histories).
+    store.close_for_exit()?;
     match result {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(exec::RunError::InvalidPlan(problems))) => Err(Error::Usage(format!(

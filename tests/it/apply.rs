@@ -730,3 +730,37 @@ fn a_second_apply_is_refused_and_razar_down_stops_the_running_one() {
         );
     }
 }
+
+#[test]
+fn an_apply_leaves_every_checkpoint_in_the_database_when_it_exits() {
+    let stack = Stack::new(
+        "components:\n  - {name: prep, kind: task, command: [\"true\"]}\n  - {name: work, kind: task, command: [\"true\"], depends_on: [prep]}\n",
+    );
+    for boot in 1..=2u64 {
+        let run = stack.apply(&["--until-ready"]).finish();
+        assert_eq!(run.code(), Some(0), "{}", run.show());
+        // The last checkpoint reached sled and was flushed before razar exited (it leaves
+        // sled's cache to the kernel): nothing is left for the next opening to replay.
+        let journal = std::fs::metadata(stack.state().join("db.journal")).expect("journal");
+        assert_eq!(journal.len(), 0, "boot {boot} left its journal unapplied");
+        // And the database is unlocked: a reader opens it and finds this boot's samples.
+        let out = stack.run(&["history", "-c", "razar.yaml", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        for name in ["prep", "work"] {
+            let entry = history["components"]
+                .as_array()
+                .and_then(|all| all.iter().find(|c| c["name"] == name))
+                .unwrap_or_else(|| panic!("no {name}: {history:#}"));
+            assert_eq!(
+                entry["samples"], boot,
+                "{name} after boot {boot}: {history:#}"
+            );
+        }
+    }
+}

@@ -4,9 +4,10 @@
 //!
 //! Trees: `meta` (format version, run sequence, crown handshake, last component),
 //! `runs` (sequence → [`RunRecord`](super::RunRecord)), `components` (name → checkpoint),
-//! `history` (name → the head of its ring of samples, see [`Head`]), `history_samples` (name,
-//! zero byte, sequence number → one sample), `history_stats` (name → the ring's statistics,
-//! derived when sled receives its head), `quarantine` (name → record).
+//! `history` (name → the head of its ring of samples, see [`Head`]), `history_log` (a number
+//! given in commit order → one sample and whose it is), `history_samples` (name, zero byte,
+//! sequence number → one sample, as stored before `history_log`), `history_stats` (name → the
+//! ring's statistics, derived when sled receives its head), `quarantine` (name → record).
 //!
 //! Durability: a sled flush costs ~70–120 µs here, too much for every event of a large boot,
 //! and sled's unflushed writes live in razar's memory, lost if razar is killed. So every
@@ -24,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,7 +33,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::history::{Head, Sample, SampleEntry, Stored, sample_key};
+use super::history::{
+    Dropped, Head, LoggedSample, Sample, SampleEntry, Stored, log_key, sample_key,
+};
 use super::{Paths, StateError, files};
 
 /// How long an apply waits for a reader (`razar status`, `razar plan`) that has the database
@@ -54,12 +58,16 @@ pub(crate) enum Tree {
     /// head still staged: read it right after opening (the journals are replayed then), and
     /// ask [`Db::ring_stats`] while recording.
     HistoryStats,
-    /// The samples of the history rings, each under its own key ([`sample_key`]); the
-    /// `history` tree holds each ring's [`Head`].
+    /// Samples of the history rings written before [`Tree::HistoryLog`], each under its own
+    /// key ([`sample_key`]); read and removed as their rings move on, never written anew.
     HistorySamples,
+    /// The samples of the history rings, each under the number the database gave it at
+    /// commit ([`log_key`]), so one boot's samples are adjacent keys; each ring's [`Head`]
+    /// in `history` lists the numbers of its samples.
+    HistoryLog,
 }
 
-const TREES: [Tree; 7] = [
+const TREES: [Tree; 8] = [
     Tree::Meta,
     Tree::Runs,
     Tree::Components,
@@ -67,6 +75,7 @@ const TREES: [Tree; 7] = [
     Tree::Quarantine,
     Tree::HistoryStats,
     Tree::HistorySamples,
+    Tree::HistoryLog,
 ];
 
 /// The `meta` key saying the `history_stats` tree is complete: set once its statistics were
@@ -83,6 +92,7 @@ impl Tree {
             Tree::Quarantine => "quarantine",
             Tree::HistoryStats => "history_stats",
             Tree::HistorySamples => "history_samples",
+            Tree::HistoryLog => "history_log",
         }
     }
 
@@ -95,7 +105,7 @@ enum Op {
     Put(Tree, Vec<u8>, Vec<u8>),
     Remove(Tree, Vec<u8>),
     /// One more sample for the history ring under this key: the journal holds only the
-    /// sample; staging it stores the sample under its own key and updates the ring's
+    /// sample; staging it stores the sample under its `history_log` number and updates the ring's
     /// [`Head`], which waits in [`Pending`] for the checkpoint.
     Sample(Vec<u8>, SampleEntry),
 }
@@ -244,7 +254,9 @@ type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 pub(crate) struct Db {
     path: PathBuf,
     db: sled::Db,
-    trees: [sled::Tree; 7],
+    trees: [sled::Tree; 8],
+    /// The `history_log` number the next sample gets: one past the highest in sled or staged.
+    next_logged: AtomicU64,
     journal: Mutex<Journal>,
     pending: Mutex<Pending>,
     /// The background flush of the last checkpoint started by a commit: it gives sled the
@@ -327,11 +339,23 @@ impl Db {
             open_tree(Tree::Quarantine)?,
             open_tree(Tree::HistoryStats)?,
             open_tree(Tree::HistorySamples)?,
+            open_tree(Tree::HistoryLog)?,
         ];
+        let next_logged = match trees[Tree::HistoryLog as usize].last() {
+            Ok(Some((key, _))) => key
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| failed("tree `history_log`: a key is not a sample number".into()))?
+                .saturating_add(1),
+            Ok(None) => 0,
+            Err(err) => return Err(failed(format!("tree `history_log`: {err}"))),
+        };
         let db = Db {
             path: path.clone(),
             db,
             trees,
+            next_logged: AtomicU64::new(next_logged),
             journal: Mutex::new(Journal {
                 path: paths.journal(),
                 file: None,
@@ -577,7 +601,7 @@ impl Db {
     }
 
     /// Makes `op` the latest value of its key in [`Pending`]. A sample is stored under its
-    /// own key and recorded in its ring's head (see [`Head::record`]); one already recorded
+    /// `history_log` number and recorded in its ring's head (see [`Head::record`]); one already recorded
     /// (a journal replayed over a checkpoint that reached sled) is skipped.
     fn stage(&self, op: Op) {
         let mut pending = lock(&self.pending);
@@ -592,6 +616,9 @@ impl Db {
                 pending.insert((tree as usize, key), Staged::Removed);
             }
             Op::Sample(key, entry) => {
+                if let Some(number) = entry.logged {
+                    self.next_logged.fetch_max(number + 1, Ordering::Relaxed);
+                }
                 let head = self.take_head(&mut pending, &key);
                 let seq = match (entry.seq, &head) {
                     (Some(seq), Some(head)) if seq < head.next => None,
@@ -607,14 +634,34 @@ impl Db {
                     }
                     return;
                 };
-                let (head, dropped) = Head::record(head, &entry.command_hash, seq, &entry.sample);
-                let samples = Tree::HistorySamples as usize;
+                // A journal from before `history_log` gave no number: one is given now.
+                let logged = entry
+                    .logged
+                    .unwrap_or_else(|| self.next_logged.fetch_add(1, Ordering::Relaxed));
+                let (head, dropped) =
+                    Head::record(head, &entry.command_hash, seq, logged, &entry.sample);
                 for old in dropped {
-                    pending.insert((samples, sample_key(&key, old)), Staged::Removed);
+                    let slot = match old {
+                        Dropped::Sample(seq) => {
+                            (Tree::HistorySamples as usize, sample_key(&key, seq))
+                        }
+                        Dropped::Logged(number) => {
+                            (Tree::HistoryLog as usize, log_key(number).to_vec())
+                        }
+                    };
+                    pending.insert(slot, Staged::Removed);
                 }
-                let bytes = serde_json::to_vec(&entry.sample)
+                let logged_sample = LoggedSample {
+                    component: String::from_utf8_lossy(&key).into_owned(),
+                    seq,
+                    sample: entry.sample,
+                };
+                let bytes = serde_json::to_vec(&logged_sample)
                     .expect("history samples serialise: plain data");
-                pending.insert((samples, sample_key(&key, seq)), Staged::Value(bytes));
+                pending.insert(
+                    (Tree::HistoryLog as usize, log_key(logged).to_vec()),
+                    Staged::Value(bytes),
+                );
                 pending.insert((Tree::History as usize, key), Staged::Head(head));
             }
         }
@@ -622,7 +669,8 @@ impl Db {
 
     /// Takes the head of the history ring of `key` out of `pending`, loading it from the
     /// writes in flight or sled if it is not staged. A ring in the earlier whole-ring format
-    /// is converted: its samples are staged under their own keys, numbered from 0. `None`
+    /// is converted: its samples are staged under their own `history_samples` keys, numbered
+    /// from 0 (see [`Head`]). `None`
     /// when there is no ring, or it cannot be read (history is statistics: losing it must
     /// not stop a boot; the ring starts afresh).
     fn take_head(&self, pending: &mut Pending, key: &[u8]) -> Option<Head> {
@@ -672,7 +720,7 @@ impl Db {
                 .try_into()
                 .map(u64::from_be_bytes)
                 .unwrap_or(u64::MAX);
-            if (head.first..head.next).contains(&seq) {
+            if (head.first..head.unlogged_end()).contains(&seq) {
                 found |= serde_json::from_slice::<Sample>(bytes).is_ok_and(|s| s == *sample);
             }
             Ok(())
@@ -681,6 +729,30 @@ impl Db {
             tracing::warn!("{err}");
         }
         found
+            || head.logged.iter().any(|&number| {
+                self.bytes_over(pending, Tree::HistoryLog, &log_key(number))
+                    .and_then(|bytes| serde_json::from_slice::<LoggedSample>(&bytes).ok())
+                    .is_some_and(|logged| logged.sample == *sample)
+            })
+    }
+
+    /// The value of `key` as it stands, with `pending` (locked by the caller) first, then
+    /// the writes in flight, then sled; `None` if it has none or sled cannot be read.
+    fn bytes_over(&self, pending: &Pending, tree: Tree, key: &[u8]) -> Option<Vec<u8>> {
+        let slot = (tree as usize, key.to_vec());
+        if let Some(staged) = pending.get(&slot) {
+            return staged.bytes();
+        }
+        if let Some(inflight) = self.in_flight(&slot) {
+            return inflight.get(&slot).and_then(Staged::bytes);
+        }
+        match self.tree(tree).get(key) {
+            Ok(bytes) => bytes.map(|b| b.to_vec()),
+            Err(err) => {
+                tracing::warn!("cannot read `{}`: {err}", tree.name());
+                None
+            }
+        }
     }
 
     /// The history record sled holds for `key`; `None` if it has none or it cannot be read.
@@ -706,13 +778,17 @@ impl Db {
     }
 
     /// Gives every history sample of the batch its sequence number (the next of its ring),
-    /// so the journal records it and a replay can tell whether sled has it already. The
-    /// heads read for this stay staged (a ring in the earlier format, converted).
+    /// so the journal records it and a replay can tell whether sled has it already, and its
+    /// `history_log` number (the next in commit order). The heads read for this stay staged
+    /// (a ring in the earlier format, converted).
     fn number_samples(&self, batch: &mut Batch) {
         let mut pending = None;
         let mut given: Vec<(Vec<u8>, u64)> = Vec::new();
         for op in &mut batch.ops {
             let Op::Sample(key, entry) = op else { continue };
+            if entry.logged.is_none() {
+                entry.logged = Some(self.next_logged.fetch_add(1, Ordering::Relaxed));
+            }
             if entry.seq.is_some() {
                 continue;
             }
@@ -775,9 +851,10 @@ impl Db {
         };
         let mut ring = super::history::Ring::new(head.command_hash.clone());
         let from = sample_key(key, head.first);
-        let to = sample_key(key, head.next);
+        let to = sample_key(key, head.unlogged_end());
         let prefix = &from[..key.len() + 1];
-        let overlay = self.overlay(&lock(&self.pending), Tree::HistorySamples, prefix);
+        let pending = lock(&self.pending);
+        let overlay = self.overlay(&pending, Tree::HistorySamples, prefix);
         self.each_over(&overlay, Tree::HistorySamples, prefix, |k, bytes| {
             if (from.as_slice()..to.as_slice()).contains(&k) {
                 let sample = serde_json::from_slice(bytes)
@@ -786,6 +863,15 @@ impl Db {
             }
             Ok(())
         })?;
+        for &number in &head.logged {
+            let key = log_key(number);
+            let bytes = self
+                .bytes_over(&pending, Tree::HistoryLog, &key)
+                .ok_or_else(|| self.corrupt(Tree::HistoryLog, &key, "missing"))?;
+            let logged: LoggedSample = serde_json::from_slice(&bytes)
+                .map_err(|e| self.corrupt(Tree::HistoryLog, &key, e))?;
+            ring.samples.push_back(logged.sample);
+        }
         Ok(Some(ring))
     }
 
@@ -954,8 +1040,8 @@ impl Db {
 
 /// Applies `staged` to sled's trees (each key once, one batch per tree), in memory: it
 /// reaches the disk at the next flush. The error says which tree failed.
-fn give_sled(trees: &[sled::Tree; 7], staged: &Pending) -> Result<(), String> {
-    let mut batches: [sled::Batch; 7] = Default::default();
+fn give_sled(trees: &[sled::Tree; 8], staged: &Pending) -> Result<(), String> {
+    let mut batches: [sled::Batch; 8] = Default::default();
     let stats = Tree::HistoryStats as usize;
     for ((tree, key), value) in staged {
         let bytes = value.bytes();
@@ -1215,6 +1301,7 @@ mod tests {
         SampleEntry {
             command_hash: "h".into(),
             seq: None,
+            logged: None,
             sample: super::super::history::Sample {
                 at: format!("2025-01-01T00:00:00.{ms:03}Z"),
                 run_id: Some("r".into()),
@@ -1318,6 +1405,13 @@ mod tests {
         let ring = db.ring(b"t").expect("get").expect("ring");
         assert_eq!(ring.samples.len(), 61);
         assert_eq!(ring.samples.back().map(|s| s.duration_ms), Some(60));
+        db.checkpoint().expect("checkpoint");
+        let numbers: Vec<u64> = logged(&db).iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(
+            numbers,
+            (0..61).collect::<Vec<u64>>(),
+            "each sample once, under the number it was journalled with"
+        );
 
         // A changed command starts the ring afresh, in the journal as in memory.
         let mut batch = Batch::default();
@@ -1338,29 +1432,50 @@ mod tests {
         );
     }
 
+    /// The `history_log` keys in sled, as numbers, and whose samples they hold.
+    fn logged(db: &Db) -> Vec<(u64, String, u64)> {
+        db.tree(Tree::HistoryLog)
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.expect("read");
+                let number = u64::from_be_bytes(key.as_ref().try_into().expect("8 bytes"));
+                let sample: LoggedSample = serde_json::from_slice(&value).expect("sample");
+                (number, sample.component, sample.seq)
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_ring_keeps_its_last_hundred_samples_each_under_its_own_key() {
+    fn a_ring_keeps_its_last_hundred_samples_in_the_log_a_boots_samples_side_by_side() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let paths = Paths::new(tmp.path());
         let db = Db::open_patiently(&paths).expect("open");
+        // Two components sampled in turn, as a boot does.
         for ms in 0..250 {
-            let mut batch = Batch::default();
-            batch.sample(b"t", entry(ms));
-            db.commit(batch).expect("commit");
+            for name in [b"t", b"u"] {
+                let mut batch = Batch::default();
+                batch.sample(name, entry(ms));
+                db.commit(batch).expect("commit");
+            }
         }
         db.checkpoint().expect("checkpoint");
         let ring = db.ring(b"t").expect("get").expect("ring");
         let durations: Vec<u64> = ring.samples.iter().map(|s| s.duration_ms).collect();
         assert_eq!(durations, (150..250).collect::<Vec<u64>>());
+        // Numbered in commit order: the samples kept are the last 200 numbers, the two rings
+        // interleaved; the ones the rings dropped are removed.
+        let log = logged(&db);
         assert_eq!(
-            db.tree(Tree::HistorySamples).len(),
-            100,
-            "the samples the ring dropped are removed"
+            log.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(),
+            (300..500).collect::<Vec<u64>>()
         );
+        assert_eq!(log[0], (300, "t".to_owned(), 150));
+        assert_eq!(log[1], (301, "u".to_owned(), 150));
+        assert!(db.tree(Tree::HistorySamples).is_empty());
         let head = db.history_bytes(b"t").expect("get").expect("head");
         assert!(
-            head.len() < 1024,
-            "the head holds durations, not samples: {} bytes",
+            head.len() < 2048,
+            "the head holds durations and sample numbers, not samples: {} bytes",
             head.len()
         );
         assert_eq!(
@@ -1382,7 +1497,76 @@ mod tests {
             (ring.command_hash.as_str(), ring.samples.len()),
             ("other", 1)
         );
-        assert_eq!(db.tree(Tree::HistorySamples).len(), 1);
+        let log = logged(&db);
+        assert_eq!(log.iter().filter(|(_, c, _)| c == "t").count(), 1);
+        assert_eq!(log.iter().filter(|(_, c, _)| c == "u").count(), 100);
+    }
+
+    #[test]
+    fn a_ring_stored_before_the_log_moves_into_it_as_it_goes_on() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        // A full ring from before the log: converted at its next sample, its 100 samples
+        // under `history_samples`.
+        let mut legacy = super::super::history::Ring::new("h".into());
+        for ms in 0..100 {
+            legacy.push(entry(ms).sample);
+        }
+        let mut batch = Batch::default();
+        batch.put(Tree::History, b"t", &legacy);
+        db.commit(batch).expect("commit");
+        db.checkpoint().expect("checkpoint");
+        let sample = |ms: u64| {
+            let mut batch = Batch::default();
+            batch.sample(b"t", entry(ms));
+            db.commit(batch).expect("commit");
+        };
+        let durations = |db: &Db| -> Vec<u64> {
+            let ring = db.ring(b"t").expect("get").expect("ring");
+            ring.samples.iter().map(|s| s.duration_ms).collect()
+        };
+        for ms in 100..150 {
+            sample(ms);
+        }
+        db.checkpoint().expect("checkpoint");
+        assert_eq!(durations(&db), (50..150).collect::<Vec<u64>>());
+        assert_eq!(
+            db.tree(Tree::HistorySamples).len(),
+            50,
+            "the oldest left first"
+        );
+        assert_eq!(db.tree(Tree::HistoryLog).len(), 50);
+
+        for ms in 150..260 {
+            sample(ms);
+        }
+        db.checkpoint().expect("checkpoint");
+        assert_eq!(durations(&db), (160..260).collect::<Vec<u64>>());
+        assert!(db.tree(Tree::HistorySamples).is_empty());
+        assert_eq!(db.tree(Tree::HistoryLog).len(), 100);
+
+        // A command change with samples in both places removes them all.
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(tmp.path());
+        let db = Db::open_patiently(&paths).expect("open");
+        let mut batch = Batch::default();
+        batch.put(Tree::History, b"t", &legacy);
+        db.commit(batch).expect("commit");
+        for ms in 100..110 {
+            let mut batch = Batch::default();
+            batch.sample(b"t", entry(ms));
+            db.commit(batch).expect("commit");
+        }
+        let mut changed = entry(7);
+        changed.command_hash = "other".into();
+        let mut batch = Batch::default();
+        batch.sample(b"t", changed);
+        db.commit(batch).expect("commit");
+        db.checkpoint().expect("checkpoint");
+        assert_eq!(durations(&db), [7]);
+        assert!(db.tree(Tree::HistorySamples).is_empty());
+        assert_eq!(db.tree(Tree::HistoryLog).len(), 1);
     }
 
     #[test]
@@ -1413,7 +1597,12 @@ mod tests {
         expected.push(entry(40).sample);
         assert_eq!(db.ring(b"t").expect("get"), Some(expected.clone()));
         assert_eq!(db.ring_stats(b"t").expect("stats"), expected.stats());
-        assert_eq!(db.tree(Tree::HistorySamples).len(), 4);
+        assert_eq!(
+            db.tree(Tree::HistorySamples).len(),
+            3,
+            "the converted samples"
+        );
+        assert_eq!(db.tree(Tree::HistoryLog).len(), 1, "the new one");
         assert!(matches!(
             Stored::parse(&db.history_bytes(b"t").expect("get").expect("head")),
             Ok(Stored::Head(Head {

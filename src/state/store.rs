@@ -1381,14 +1381,15 @@ impl Recorder {
             // Milestones (no command) and components outside the plan have no history.
             return;
         };
-        // Only the sample goes to the journal; the database gives it its sequence number,
-        // stages it under its own key with the ring's updated head, and sled receives both
-        // at the next checkpoint.
+        // Only the sample goes to the journal; the database gives it its sequence number and
+        // its `history_log` number, stages it under that number with the ring's updated
+        // head, and sled receives both at the next checkpoint.
         batch.sample(
             name.as_bytes(),
             SampleEntry {
                 command_hash: hash,
                 seq: None,
+                logged: None,
                 sample: Sample {
                     at: at.to_owned(),
                     run_id: live.loaded.run.as_ref().map(|r| r.id.clone()),

@@ -114,6 +114,7 @@ pub(crate) fn read_snapshot<T: serde::de::DeserializeOwned>(
             return Err(StateError::Newer {
                 path: path.to_path_buf(),
                 found: v,
+                reads: u64::from(STATE_FORMAT),
             });
         }
         Some(_) => {}

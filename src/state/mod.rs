@@ -44,9 +44,15 @@ pub use record::{
 pub use store::{Recorder, Store};
 pub use view::{Source, View, read};
 
-/// Version of everything razar writes in a state directory: the database layout, the
-/// `razar_state.json` document and quarantine records.
+/// Version of the documents razar writes in a state directory: the `razar_state.json`
+/// snapshot and quarantine records.
 pub const STATE_FORMAT: u32 = 1;
+
+/// Version of the database's layout (its `meta` key `format`). 2: history samples stored under
+/// numbers in commit order (`history_log`); an apply upgrades a database of format 1 when it
+/// opens it (the samples stored before are still read). A razar that reads up to an earlier
+/// format refuses the database rather than misreading its history.
+pub const DATABASE_FORMAT: u64 = 2;
 
 /// Samples kept per component (a ring: the oldest is dropped).
 pub const HISTORY_LIMIT: usize = 100;
@@ -81,8 +87,12 @@ pub enum StateError {
     /// A record or file does not parse.
     #[error("`{}` is corrupted ({detail}); razar did not modify it", path.display())]
     Corrupt { path: PathBuf, detail: String },
-    #[error("`{}` was written by a newer razar (state format {found}, this razar reads up to {STATE_FORMAT}); upgrade razar", path.display())]
-    Newer { path: PathBuf, found: u64 },
+    #[error("`{}` was written by a newer razar (format {found}, this razar reads up to {reads}); upgrade razar", path.display())]
+    Newer {
+        path: PathBuf,
+        found: u64,
+        reads: u64,
+    },
     #[error("`{name}` is not quarantined{}", known_text(known))]
     NotQuarantined { name: String, known: Vec<String> },
 }

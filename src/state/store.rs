@@ -23,10 +23,10 @@ use super::history::{Outcome as SampleOutcome, Sample, SampleEntry};
 use super::lock::ApplyLock;
 use super::view::{self, Loaded};
 use super::{
-    BootSummary, ComponentRecord, CrownRecord, EXPLORED_LIMIT, EventNote, ExploredOrder,
-    HistoryStats, LOG_TAIL_LIMIT, MODEL_LAUNCHES_KEPT, Paths, Phase, ProbeResult, QuarantineRecord,
-    RunRecord, STATE_FORMAT, SUGGESTIONS_KEPT, StateError, Status, SuggestionRecord, View, now,
-    proc,
+    BootSummary, ComponentRecord, CrownRecord, DATABASE_FORMAT, EXPLORED_LIMIT, EventNote,
+    ExploredOrder, HistoryStats, LOG_TAIL_LIMIT, MODEL_LAUNCHES_KEPT, Paths, Phase, ProbeResult,
+    QuarantineRecord, RunRecord, STATE_FORMAT, SUGGESTIONS_KEPT, StateError, Status,
+    SuggestionRecord, View, now, proc,
 };
 use crate::classify;
 use crate::config::Kind;
@@ -307,21 +307,22 @@ impl Drop for Shared {
     }
 }
 
-/// Opens the database (refusing one from a newer razar, marking a new one with the format)
-/// and loads what it holds.
+/// Opens the database (refusing one from a newer razar, marking a new or older one with this
+/// razar's format, see [`DATABASE_FORMAT`]) and loads what it holds.
 fn open_database(paths: &Paths) -> Result<(Db, Loaded), StateError> {
     let db = Db::open_patiently(paths)?;
     match db.get::<u64>(Tree::Meta, b"format")? {
-        Some(found) if found > u64::from(STATE_FORMAT) => {
+        Some(found) if found > DATABASE_FORMAT => {
             return Err(StateError::Newer {
                 path: paths.db(),
                 found,
+                reads: DATABASE_FORMAT,
             });
         }
-        Some(_) => {}
-        None => {
+        Some(DATABASE_FORMAT) => {}
+        _ => {
             let mut batch = Batch::default();
-            batch.put(Tree::Meta, b"format", &u64::from(STATE_FORMAT));
+            batch.put(Tree::Meta, b"format", &DATABASE_FORMAT);
             db.commit(batch)?;
         }
     }

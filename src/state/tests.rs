@@ -1063,3 +1063,50 @@ fn a_state_file_that_cannot_be_written_is_reported_by_opened_and_by_open() {
     store.opened().expect("written");
     assert!(dir.join("razar_state.json").exists());
 }
+
+#[test]
+fn a_database_of_the_earlier_format_is_upgraded_and_one_from_a_newer_razar_refused() {
+    use super::db::{Batch, Db, Tree};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let paths = Paths::new(tmp.path());
+    let set_format = |format: u64| {
+        let db = Db::open_patiently(&paths).expect("open");
+        let mut batch = Batch::default();
+        batch.put(Tree::Meta, b"format", &format);
+        db.commit(batch).expect("commit");
+        db.checkpoint().expect("checkpoint");
+    };
+    let format = || {
+        let db = Db::open_patiently(&paths).expect("open");
+        db.get::<u64>(Tree::Meta, b"format").expect("get")
+    };
+    Store::open(tmp.path())
+        .expect("open")
+        .close()
+        .expect("close");
+    assert_eq!(format(), Some(DATABASE_FORMAT), "a new database");
+
+    // What a razar from before `history_log` left: read, and marked with this format.
+    set_format(1);
+    assert!(read(tmp.path()).is_ok(), "read as it is");
+    assert_eq!(format(), Some(1), "a reader changes nothing");
+    Store::open(tmp.path())
+        .expect("open")
+        .close()
+        .expect("close");
+    assert_eq!(format(), Some(DATABASE_FORMAT));
+
+    // A newer razar's database: refused by an apply and by the readers, and left alone.
+    set_format(DATABASE_FORMAT + 1);
+    for err in [
+        Store::open(tmp.path()).err().expect("refused"),
+        read(tmp.path()).expect_err("refused"),
+    ] {
+        assert!(
+            matches!(err, StateError::Newer { found, reads: DATABASE_FORMAT, .. } if found == DATABASE_FORMAT + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("upgrade razar"), "{err}");
+    }
+    assert_eq!(format(), Some(DATABASE_FORMAT + 1));
+}

@@ -13,8 +13,8 @@ use super::db::{Db, HISTORY_STATS_COMPLETE, OpenError, Tree};
 use super::files::{self, Existing};
 use super::lock::{self, Holder};
 use super::{
-    ComponentRecord, CrownRecord, ExploredOrder, HistoryStats, Paths, QuarantineRecord, RunRecord,
-    STATE_FORMAT, StateError, SuggestionRecord,
+    ComponentRecord, CrownRecord, DATABASE_FORMAT, ExploredOrder, HistoryStats, Paths,
+    QuarantineRecord, RunRecord, StateError, SuggestionRecord,
 };
 
 /// How long a reader retries a busy database while no apply holds the state directory.
@@ -226,11 +226,12 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
             match Db::open(&paths) {
                 Ok(db) => {
                     if let Some(found) = db.get::<u64>(Tree::Meta, b"format")?
-                        && found > u64::from(STATE_FORMAT)
+                        && found > DATABASE_FORMAT
                     {
                         return Err(StateError::Newer {
                             path: paths.db(),
                             found,
+                            reads: DATABASE_FORMAT,
                         });
                     }
                     let loaded = load(&db, false)?;

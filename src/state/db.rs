@@ -105,8 +105,8 @@ enum Op {
     Put(Tree, Vec<u8>, Vec<u8>),
     Remove(Tree, Vec<u8>),
     /// One more sample for the history ring under this key: the journal holds only the
-    /// sample; staging it stores the sample under its `history_log` number and updates the ring's
-    /// [`Head`], which waits in [`Pending`] for the checkpoint.
+    /// sample; staging it stores the sample under its `history_log` number and updates the
+    /// ring's [`Head`], which waits in [`Pending`] for the checkpoint.
     Sample(Vec<u8>, SampleEntry),
 }
 
@@ -601,8 +601,8 @@ impl Db {
     }
 
     /// Makes `op` the latest value of its key in [`Pending`]. A sample is stored under its
-    /// `history_log` number and recorded in its ring's head (see [`Head::record`]); one already recorded
-    /// (a journal replayed over a checkpoint that reached sled) is skipped.
+    /// `history_log` number and recorded in its ring's head (see [`Head::record`]); one
+    /// already recorded (a journal replayed over a checkpoint that reached sled) is skipped.
     fn stage(&self, op: Op) {
         let mut pending = lock(&self.pending);
         if let Op::Put(Tree::History, key, _) | Op::Remove(Tree::History, key) = &op {
@@ -670,9 +670,8 @@ impl Db {
     /// Takes the head of the history ring of `key` out of `pending`, loading it from the
     /// writes in flight or sled if it is not staged. A ring in the earlier whole-ring format
     /// is converted: its samples are staged under their own `history_samples` keys, numbered
-    /// from 0 (see [`Head`]). `None`
-    /// when there is no ring, or it cannot be read (history is statistics: losing it must
-    /// not stop a boot; the ring starts afresh).
+    /// from 0 (see [`Head`]). `None` when there is no ring, or it cannot be read (history is
+    /// statistics: losing it must not stop a boot; the ring starts afresh).
     fn take_head(&self, pending: &mut Pending, key: &[u8]) -> Option<Head> {
         let slot = (Tree::History as usize, key.to_vec());
         let stored = match pending.remove(&slot) {

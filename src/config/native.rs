@@ -1,7 +1,7 @@
 //! The native format: `razar.yaml` / `razar.json` (see docs/formats.md).
 //!
 //! Raw serde types mirror the file exactly (`deny_unknown_fields`), and `schemas/razar.schema.json`
-//! describes the same shape; [`parse`] turns a document into [`Decl`]s and [`Settings`],
+//! describes the same shape; `read` turns a document into [`Decl`]s and [`Settings`],
 //! reporting every field problem with its position. Merging and defaults happen in `load`.
 
 use std::collections::BTreeMap;

@@ -433,7 +433,7 @@ fn describe(err: &tungstenite::Error) -> String {
     }
 }
 
-/// Exponential backoff with ±20 % jitter: 100 ms, 200 ms, 400 ms … capped at [`MAX_BACKOFF`].
+/// Exponential backoff with ±20 % jitter: 100 ms, 200 ms, 400 ms … capped at `MAX_BACKOFF` (10 s).
 pub fn backoff(attempt: u32) -> Duration {
     let exp = FIRST_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let capped = exp.min(MAX_BACKOFF);

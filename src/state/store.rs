@@ -760,7 +760,7 @@ impl Store {
     /// [`Store::close`] for a process that exits right after (`razar apply`): once the close
     /// succeeded, sled has every write and has flushed it, so its in-memory cache is left
     /// for the kernel to reclaim instead of being freed piece by piece (see
-    /// [`Db::keep_until_exit`]). The apply lock is still released when the store is dropped.
+    /// `Db::keep_until_exit`). The apply lock is still released when the store is dropped.
     /// The database stays locked until the process exits: do not open it again in-process.
     pub fn close_for_exit(&self) -> Result<(), StateError> {
         self.close()?;

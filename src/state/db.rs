@@ -1296,6 +1296,13 @@ mod tests {
         );
     }
 
+    /// Commits one history sample for `key`.
+    fn add_sample(db: &Db, key: &[u8], entry: SampleEntry) {
+        let mut batch = Batch::default();
+        batch.sample(key, entry);
+        db.commit(batch).expect("commit");
+    }
+
     fn entry(ms: u64) -> SampleEntry {
         SampleEntry {
             command_hash: "h".into(),
@@ -1355,9 +1362,7 @@ mod tests {
         assert_eq!(db.get::<u64>(Tree::Components, b"c").expect("get"), Some(3));
         let all = db.all::<u64>(Tree::Components).expect("all");
         assert_eq!(all, vec![(b"c".to_vec(), 3)]);
-        let mut batch = Batch::default();
-        batch.sample(b"t", entry(4));
-        db.commit(batch).expect("commit");
+        add_sample(&db, b"t", entry(4));
         let ring = db.ring(b"t").expect("get").expect("ring");
         let durations: Vec<u64> = ring.samples.iter().map(|s| s.duration_ms).collect();
         assert_eq!(
@@ -1373,9 +1378,7 @@ mod tests {
         let paths = Paths::new(tmp.path());
         let db = Db::open_patiently(&paths).expect("open");
         for ms in 0..60 {
-            let mut batch = Batch::default();
-            batch.sample(b"t", entry(ms));
-            db.commit(batch).expect("commit");
+            add_sample(&db, b"t", entry(ms));
         }
         let journal = std::fs::read(paths.journal()).expect("journal");
         let lines: Vec<&[u8]> = journal
@@ -1413,11 +1416,9 @@ mod tests {
         );
 
         // A changed command starts the ring afresh, in the journal as in memory.
-        let mut batch = Batch::default();
         let mut changed = entry(61);
         changed.command_hash = "other".into();
-        batch.sample(b"t", changed);
-        db.commit(batch).expect("commit");
+        add_sample(&db, b"t", changed);
         drop(db);
         let journal = std::fs::read(paths.journal()).expect("journal");
         let other = tempfile::tempdir().expect("temp dir");
@@ -1452,9 +1453,7 @@ mod tests {
         // Two components sampled in turn, as a boot does.
         for ms in 0..250 {
             for name in [b"t", b"u"] {
-                let mut batch = Batch::default();
-                batch.sample(name, entry(ms));
-                db.commit(batch).expect("commit");
+                add_sample(&db, name, entry(ms));
             }
         }
         db.checkpoint().expect("checkpoint");
@@ -1487,9 +1486,7 @@ mod tests {
         // A changed command starts afresh and removes the old command's samples.
         let mut changed = entry(7);
         changed.command_hash = "other".into();
-        let mut batch = Batch::default();
-        batch.sample(b"t", changed);
-        db.commit(batch).expect("commit");
+        add_sample(&db, b"t", changed);
         db.checkpoint().expect("checkpoint");
         let ring = db.ring(b"t").expect("get").expect("ring");
         assert_eq!(
@@ -1516,17 +1513,12 @@ mod tests {
         batch.put(Tree::History, b"t", &legacy);
         db.commit(batch).expect("commit");
         db.checkpoint().expect("checkpoint");
-        let sample = |ms: u64| {
-            let mut batch = Batch::default();
-            batch.sample(b"t", entry(ms));
-            db.commit(batch).expect("commit");
-        };
         let durations = |db: &Db| -> Vec<u64> {
             let ring = db.ring(b"t").expect("get").expect("ring");
             ring.samples.iter().map(|s| s.duration_ms).collect()
         };
         for ms in 100..150 {
-            sample(ms);
+            add_sample(&db, b"t", entry(ms));
         }
         db.checkpoint().expect("checkpoint");
         assert_eq!(durations(&db), (50..150).collect::<Vec<u64>>());
@@ -1538,7 +1530,7 @@ mod tests {
         assert_eq!(db.tree(Tree::HistoryLog).len(), 50);
 
         for ms in 150..260 {
-            sample(ms);
+            add_sample(&db, b"t", entry(ms));
         }
         db.checkpoint().expect("checkpoint");
         assert_eq!(durations(&db), (160..260).collect::<Vec<u64>>());
@@ -1553,15 +1545,11 @@ mod tests {
         batch.put(Tree::History, b"t", &legacy);
         db.commit(batch).expect("commit");
         for ms in 100..110 {
-            let mut batch = Batch::default();
-            batch.sample(b"t", entry(ms));
-            db.commit(batch).expect("commit");
+            add_sample(&db, b"t", entry(ms));
         }
         let mut changed = entry(7);
         changed.command_hash = "other".into();
-        let mut batch = Batch::default();
-        batch.sample(b"t", changed);
-        db.commit(batch).expect("commit");
+        add_sample(&db, b"t", changed);
         db.checkpoint().expect("checkpoint");
         assert_eq!(durations(&db), [7]);
         assert!(db.tree(Tree::HistorySamples).is_empty());
@@ -1588,9 +1576,7 @@ mod tests {
             "read as it is until its next sample"
         );
 
-        let mut batch = Batch::default();
-        batch.sample(b"t", entry(40));
-        db.commit(batch).expect("commit");
+        add_sample(&db, b"t", entry(40));
         db.checkpoint().expect("checkpoint");
         let mut expected = legacy.clone();
         expected.push(entry(40).sample);
@@ -1644,9 +1630,7 @@ mod tests {
         assert_eq!(stats.len(), 2);
         assert_eq!(lock(&db.clean).len(), 2, "both heads kept");
 
-        let mut batch = Batch::default();
-        batch.sample(b"t", entry(4));
-        db.commit(batch).expect("commit");
+        add_sample(&db, b"t", entry(4));
         assert!(!lock(&db.clean).contains_key(b"t".as_slice()), "taken");
         let durations = |db: &Db, key: &[u8]| -> Vec<u64> {
             let ring = db.ring(key).expect("get").expect("ring");
@@ -1661,9 +1645,7 @@ mod tests {
         batch.put(Tree::History, b"u", &legacy);
         db.commit(batch).expect("commit");
         db.checkpoint().expect("checkpoint");
-        let mut batch = Batch::default();
-        batch.sample(b"u", entry(10));
-        db.commit(batch).expect("commit");
+        add_sample(&db, b"u", entry(10));
         assert_eq!(durations(&db, b"u"), [9, 10]);
     }
 

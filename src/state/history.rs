@@ -76,14 +76,14 @@ impl Ring {
 
 /// What the `history` tree holds for one component: the command its samples were measured
 /// with, the sequence numbers of the samples kept (`first..next`), where each sample is
-/// stored, and, per sample, what the statistics need. A new sample then costs a few hundred
-/// bytes written, not the whole ring (up to 100 samples, ~12 KiB) parsed and rewritten every
-/// boot.
+/// stored, and, per sample, what the statistics need. A new sample then costs about a
+/// kilobyte written (the head) and the sample, not the whole ring (up to 100 samples, ~12 KiB)
+/// parsed and rewritten every boot.
 ///
 /// Samples are stored on their own in `history_log` under a number the database gives in
 /// commit order ([`log_key`]), so the samples of one boot, all components together, land on
 /// adjacent keys: sled touches a few leaves per boot instead of one per component (on 2,000
-/// components with full rings, ~47 → ~5 ms of sled work per boot). `logged` lists those
+/// components with full rings, ~47 → ~17 ms of sled work per boot). `logged` lists those
 /// numbers for the newest samples of the window. Samples written before `history_log`
 /// existed stay in `history_samples` under [`sample_key`]: the oldest
 /// `window.len() - logged.len()` samples, numbered from `first`.

@@ -49,8 +49,8 @@ pub use view::{Source, View, read};
 pub const STATE_FORMAT: u32 = 1;
 
 /// Version of the database's layout (its `meta` key `format`). 2: history samples stored under
-/// numbers in commit order (`history_log`); an apply upgrades a database of format 1 when it
-/// opens it (the samples stored before are still read). A razar that reads up to an earlier
+/// numbers in commit order (`history_log`); a database of format 1 is marked 2 when a
+/// [`Store`] opens it (the samples stored before are still read). A razar that reads up to an earlier
 /// format refuses the database rather than misreading its history.
 pub const DATABASE_FORMAT: u64 = 2;
 

@@ -19,6 +19,9 @@ interleaved, each under `perf record -a` with the scheduler's process tracepoint
 
     python3 benches/ab_overhead.py --dir /tmp/ab --make-state target/release/razar=ref --boots 100
     python3 benches/trace_overhead.py --dir /tmp/ab --rounds 5 target/release/razar=ref
+
+A runner may be a wrapper script (say, one that sets environment variables and `exec`s
+razar): set TRACE_EXE to the razar binary's file name, so the trace is measured from its exec.
 """
 
 import argparse
@@ -156,7 +159,8 @@ def main():
             os.sync()
             command = [binary, "apply", "-c", "dag.yaml", "--until-ready", "--parallelism", "2"]
             events = trace(command, work, data)
-            results.setdefault(binary, []).append(measure(events, os.environ.get("TRACE_EXE", os.path.basename(binary))))
+            exe = os.environ.get("TRACE_EXE", os.path.basename(binary))
+            results.setdefault(binary, []).append(measure(events, exe))
         for name in (".ninja_log", ".ninja_deps"):
             try:
                 os.remove(os.path.join(directory, name))

@@ -484,8 +484,13 @@ impl Db {
     /// The bytes of the latest staged value of a key (pending, else in flight to sled), if
     /// one is staged (`Some(None)`: removed).
     fn staged_bytes(&self, tree: Tree, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.staged_in(&lock(&self.pending), tree, key)
+    }
+
+    /// [`Db::staged_bytes`] with `pending` already locked by the caller.
+    fn staged_in(&self, pending: &Pending, tree: Tree, key: &[u8]) -> Option<Option<Vec<u8>>> {
         let slot = (tree as usize, key.to_vec());
-        if let Some(value) = lock(&self.pending).get(&slot) {
+        if let Some(value) = pending.get(&slot) {
             return Some(value.bytes());
         }
         self.in_flight(&slot)?.get(&slot).map(Staged::bytes)
@@ -735,15 +740,11 @@ impl Db {
             })
     }
 
-    /// The value of `key` as it stands, with `pending` (locked by the caller) first, then
-    /// the writes in flight, then sled; `None` if it has none or sled cannot be read.
+    /// The value of `key` as it stands, staged (`pending` locked by the caller) or sled's;
+    /// `None` if it has none or sled cannot be read.
     fn bytes_over(&self, pending: &Pending, tree: Tree, key: &[u8]) -> Option<Vec<u8>> {
-        let slot = (tree as usize, key.to_vec());
-        if let Some(staged) = pending.get(&slot) {
-            return staged.bytes();
-        }
-        if let Some(inflight) = self.in_flight(&slot) {
-            return inflight.get(&slot).and_then(Staged::bytes);
+        if let Some(staged) = self.staged_in(pending, tree, key) {
+            return staged;
         }
         match self.tree(tree).get(key) {
             Ok(bytes) => bytes.map(|b| b.to_vec()),
@@ -1296,6 +1297,23 @@ mod tests {
         );
     }
 
+    /// Commits `key`'s history as a razar from before sample keys stored it: the ring whole,
+    /// with these durations.
+    fn put_whole_ring(
+        db: &Db,
+        key: &[u8],
+        durations: impl IntoIterator<Item = u64>,
+    ) -> super::super::history::Ring {
+        let mut ring = super::super::history::Ring::new("h".into());
+        for ms in durations {
+            ring.push(entry(ms).sample);
+        }
+        let mut batch = Batch::default();
+        batch.put(Tree::History, key, &ring);
+        db.commit(batch).expect("commit");
+        ring
+    }
+
     /// Commits one history sample for `key`.
     fn add_sample(db: &Db, key: &[u8], entry: SampleEntry) {
         let mut batch = Batch::default();
@@ -1505,13 +1523,7 @@ mod tests {
         let db = Db::open_patiently(&paths).expect("open");
         // A full ring from before the log: converted at its next sample, its 100 samples
         // under `history_samples`.
-        let mut legacy = super::super::history::Ring::new("h".into());
-        for ms in 0..100 {
-            legacy.push(entry(ms).sample);
-        }
-        let mut batch = Batch::default();
-        batch.put(Tree::History, b"t", &legacy);
-        db.commit(batch).expect("commit");
+        put_whole_ring(&db, b"t", 0..100);
         db.checkpoint().expect("checkpoint");
         let durations = |db: &Db| -> Vec<u64> {
             let ring = db.ring(b"t").expect("get").expect("ring");
@@ -1537,16 +1549,17 @@ mod tests {
         assert!(db.tree(Tree::HistorySamples).is_empty());
         assert_eq!(db.tree(Tree::HistoryLog).len(), 100);
 
-        // A command change with samples in both places removes them all.
+        // A command change with samples in both places (in sled) removes them all.
         let tmp = tempfile::tempdir().expect("temp dir");
         let paths = Paths::new(tmp.path());
         let db = Db::open_patiently(&paths).expect("open");
-        let mut batch = Batch::default();
-        batch.put(Tree::History, b"t", &legacy);
-        db.commit(batch).expect("commit");
+        put_whole_ring(&db, b"t", 0..100);
         for ms in 100..110 {
             add_sample(&db, b"t", entry(ms));
         }
+        db.checkpoint().expect("checkpoint");
+        assert_eq!(db.tree(Tree::HistorySamples).len(), 90);
+        assert_eq!(db.tree(Tree::HistoryLog).len(), 10);
         let mut changed = entry(7);
         changed.command_hash = "other".into();
         add_sample(&db, b"t", changed);
@@ -1562,13 +1575,7 @@ mod tests {
         let paths = Paths::new(tmp.path());
         let db = Db::open_patiently(&paths).expect("open");
         // What a razar from before sample keys left: the ring whole under its name.
-        let mut legacy = super::super::history::Ring::new("h".into());
-        for ms in [30, 10, 20] {
-            legacy.push(entry(ms).sample);
-        }
-        let mut batch = Batch::default();
-        batch.put(Tree::History, b"t", &legacy);
-        db.commit(batch).expect("commit");
+        let legacy = put_whole_ring(&db, b"t", [30, 10, 20]);
         db.checkpoint().expect("checkpoint");
         assert_eq!(
             db.ring_stats(b"t").expect("stats"),
@@ -1639,11 +1646,7 @@ mod tests {
         assert_eq!(durations(&db, b"t"), [1, 2, 3, 4]);
 
         // A ring written as a whole replaces the kept head: the next sample builds on it.
-        let mut legacy = super::super::history::Ring::new("h".into());
-        legacy.push(entry(9).sample);
-        let mut batch = Batch::default();
-        batch.put(Tree::History, b"u", &legacy);
-        db.commit(batch).expect("commit");
+        put_whole_ring(&db, b"u", [9]);
         db.checkpoint().expect("checkpoint");
         add_sample(&db, b"u", entry(10));
         assert_eq!(durations(&db, b"u"), [9, 10]);

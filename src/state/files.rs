@@ -19,7 +19,10 @@ use super::{
 /// Schema: `schemas/razar_state.schema.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Snapshot<C = ComponentRecord, H = HistoryStats> {
+pub(crate) struct Snapshot<
+    C = BTreeMap<String, ComponentRecord>,
+    H = BTreeMap<String, HistoryStats>,
+> {
     pub version: u32,
     pub generator: String,
     pub updated_at: String,
@@ -40,10 +43,10 @@ pub(crate) struct Snapshot<C = ComponentRecord, H = HistoryStats> {
     pub suggestions: Vec<super::SuggestionRecord>,
     pub handshake: CrownRecord,
     /// Written from per-component fragments the store keeps between rewrites (`C` is then
-    /// `&RawValue`), read as records.
-    pub components: BTreeMap<String, C>,
+    /// [`Rendered`]), read as records.
+    pub components: C,
     pub quarantine: BTreeMap<String, QuarantineRecord>,
-    pub history: BTreeMap<String, H>,
+    pub history: H,
     /// Recent events, oldest first.
     pub events: Vec<EventNote>,
 }
@@ -128,11 +131,7 @@ pub(crate) fn read_snapshot<T: serde::de::DeserializeOwned>(
 
 impl<C, H> Snapshot<C, H> {
     /// The same snapshot with other component and history entries (e.g. rendered ones).
-    pub(crate) fn with_entries<C2, H2>(
-        self,
-        components: BTreeMap<String, C2>,
-        history: BTreeMap<String, H2>,
-    ) -> Snapshot<C2, H2> {
+    pub(crate) fn with_entries<C2, H2>(self, components: C2, history: H2) -> Snapshot<C2, H2> {
         Snapshot {
             version: self.version,
             generator: self.generator,
@@ -155,25 +154,49 @@ impl<C, H> Snapshot<C, H> {
     }
 }
 
+/// Values rendered by [`render_fragment`], by name (each with the value it was rendered
+/// from), written as the JSON object they came from: the store keeps them between rewrites
+/// of `razar_state.json`, so a rewrite renders only what changed.
+pub(crate) struct Rendered<'a, T>(pub &'a BTreeMap<String, (T, Box<serde_json::value::RawValue>)>);
+
+impl<T> Serialize for Rendered<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, (_, raw))| (name, raw)))
+    }
+}
+
 /// A snapshot as written: components and history statistics as pre-rendered fragments.
 pub(crate) type RenderedSnapshot<'a> =
-    Snapshot<&'a serde_json::value::RawValue, &'a serde_json::value::RawValue>;
+    Snapshot<Rendered<'a, ComponentRecord>, Rendered<'a, HistoryStats>>;
 
 /// One value rendered as it appears inside `components` or `history` of a pretty-printed
 /// snapshot (two levels deep), so a snapshot assembled from such fragments reads exactly like
 /// one rendered whole.
 pub(crate) fn render_fragment<T: Serialize>(value: &T) -> Box<serde_json::value::RawValue> {
-    let pretty = serde_json::to_string_pretty(value).expect("state records serialise: plain data");
-    // JSON strings escape their newlines, so every newline here is the formatter's.
-    let indented = pretty.replace('\n', "\n    ");
-    serde_json::value::RawValue::from_string(indented).expect("re-indenting keeps valid JSON valid")
+    use serde_json::ser::{Formatter, PrettyFormatter, Serializer};
+    let mut out = Vec::with_capacity(512);
+    // The formatter opens the two enclosing objects itself, so that the value's own lines
+    // come out indented as deep as they sit in the snapshot; their braces are dropped.
+    let mut formatter = PrettyFormatter::new();
+    let opened = formatter
+        .begin_object(&mut out)
+        .and_then(|()| formatter.begin_object(&mut out));
+    let rendered = opened
+        .map_err(serde_json::Error::io)
+        .and_then(|()| value.serialize(&mut Serializer::with_formatter(&mut out, formatter)));
+    rendered.expect("state records serialise: plain data");
+    out.drain(..2);
+    let text = String::from_utf8(out).expect("serde_json writes UTF-8");
+    serde_json::value::RawValue::from_string(text).expect("a serialised value is valid JSON")
 }
 
-pub(crate) fn render_snapshot(snapshot: &RenderedSnapshot<'_>) -> String {
-    let mut text =
-        serde_json::to_string_pretty(snapshot).expect("the snapshot serialises: plain data");
-    text.push('\n');
-    text
+/// The whole snapshot's text; `capacity`: about how long it will be (the last one's length),
+/// so its buffer is not grown and copied again and again.
+pub(crate) fn render_snapshot(snapshot: &RenderedSnapshot<'_>, capacity: usize) -> String {
+    let mut out = Vec::with_capacity(capacity + capacity / 8);
+    serde_json::to_writer_pretty(&mut out, snapshot).expect("the snapshot serialises: plain data");
+    out.push(b'\n');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// Writes a file atomically (temp file, fsync, rename).
@@ -415,28 +438,22 @@ mod tests {
         };
         let mut expected = serde_json::to_string_pretty(&whole).expect("render");
         expected.push('\n');
-        let components: BTreeMap<String, Box<serde_json::value::RawValue>> = whole
-            .components
-            .iter()
-            .map(|(k, v)| (k.clone(), render_fragment(v)))
-            .collect();
-        let history: BTreeMap<String, Box<serde_json::value::RawValue>> = whole
-            .history
-            .iter()
-            .map(|(k, v)| (k.clone(), render_fragment(v)))
-            .collect();
-        let assembled = render_snapshot(
-            &whole.clone().with_entries(
-                components
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_ref()))
-                    .collect(),
-                history
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_ref()))
-                    .collect(),
-            ),
-        );
-        assert_eq!(assembled, expected);
+        fn fragments<T: Clone + Serialize>(
+            values: &BTreeMap<String, T>,
+        ) -> BTreeMap<String, (T, Box<serde_json::value::RawValue>)> {
+            values
+                .iter()
+                .map(|(k, v)| (k.clone(), (v.clone(), render_fragment(v))))
+                .collect()
+        }
+        let components = fragments(&whole.components);
+        let history = fragments(&whole.history);
+        let rendered = whole
+            .clone()
+            .with_entries(Rendered(&components), Rendered(&history));
+        // However far off the length it is told, the text is the same.
+        for capacity in [0, 10, expected.len(), 10 * expected.len()] {
+            assert_eq!(render_snapshot(&rendered, capacity), expected);
+        }
     }
 }

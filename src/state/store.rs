@@ -6,7 +6,7 @@
 //! is rewritten by a writer thread, coalesced to at most one rewrite per [`SNAPSHOT_INTERVAL`]
 //! (more apart for large stacks), and once more when the store closes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -62,6 +62,29 @@ struct Live {
     shutdown: bool,
     /// [`Store::close`] wrote the final snapshot.
     closed: bool,
+    /// Which components and history statistics may differ from what the snapshot writer
+    /// last rendered.
+    dirty: Dirty,
+}
+
+/// Names whose component record or history statistics changed since the snapshot writer
+/// last copied them, so a rewrite compares and copies only those instead of every entry.
+/// Every change to `Loaded::components` or `Loaded::history` marks its name; `all` (set at
+/// open) makes the writer compare everything.
+struct Dirty {
+    all: bool,
+    components: BTreeSet<String>,
+    history: BTreeSet<String>,
+}
+
+impl Default for Dirty {
+    fn default() -> Self {
+        Dirty {
+            all: true,
+            components: BTreeSet::new(),
+            history: BTreeSet::new(),
+        }
+    }
 }
 
 /// The rendered form of each component record and history statistic in the last snapshot,
@@ -70,6 +93,8 @@ struct Live {
 struct Fragments {
     components: BTreeMap<String, (ComponentRecord, Box<RawValue>)>,
     history: BTreeMap<String, (HistoryStats, Box<RawValue>)>,
+    /// Length of the last snapshot written, to size the next one's buffer.
+    last_len: usize,
 }
 
 /// What changed since the last snapshot: new values, and names that are gone.
@@ -78,6 +103,7 @@ struct Changed {
     history: Entries<HistoryStats>,
 }
 
+#[derive(PartialEq)]
 struct Entries<T> {
     updated: Vec<(String, T)>,
     removed: Vec<String>,
@@ -99,6 +125,28 @@ fn changed_entries<T: Clone + PartialEq>(
         .cloned()
         .collect();
     Entries { updated, removed }
+}
+
+/// [`changed_entries`] looking only at `names` (every other entry unchanged since `cache`
+/// was rendered): the same result for the cost of the few names a rewrite has to look at.
+fn changed_among<T: Clone + PartialEq>(
+    names: &BTreeSet<String>,
+    current: &BTreeMap<String, T>,
+    cache: &BTreeMap<String, (T, Box<RawValue>)>,
+) -> Entries<T> {
+    let mut entries = Entries {
+        updated: Vec::new(),
+        removed: Vec::new(),
+    };
+    for name in names {
+        match (current.get(name), cache.get(name)) {
+            (Some(value), Some((cached, _))) if value == cached => {}
+            (Some(value), _) => entries.updated.push((name.clone(), value.clone())),
+            (None, Some(_)) => entries.removed.push(name.clone()),
+            (None, None) => {}
+        }
+    }
+    entries
 }
 
 impl Fragments {
@@ -168,14 +216,36 @@ impl Board {
     /// rendered as they are now; those are left empty here.
     fn snapshot_parts(
         &self,
-        live: &Live,
+        live: &mut Live,
         apply: Option<ApplyInfo>,
         cache: &Fragments,
     ) -> (Snapshot<(), ()>, Changed) {
+        let dirty = std::mem::replace(
+            &mut live.dirty,
+            Dirty {
+                all: false,
+                ..Dirty::default()
+            },
+        );
         let l = &live.loaded;
-        let changed = Changed {
-            components: changed_entries(&l.components, &cache.components),
-            history: changed_entries(&l.history, &cache.history),
+        let changed = if dirty.all {
+            Changed {
+                components: changed_entries(&l.components, &cache.components),
+                history: changed_entries(&l.history, &cache.history),
+            }
+        } else {
+            let changed = Changed {
+                components: changed_among(&dirty.components, &l.components, &cache.components),
+                history: changed_among(&dirty.history, &l.history, &cache.history),
+            };
+            // A change that did not mark its name would leave the snapshot stale: the tests
+            // (debug builds) compare with the full comparison at every rewrite.
+            debug_assert!(
+                changed.components == changed_entries(&l.components, &cache.components)
+                    && changed.history == changed_entries(&l.history, &cache.history),
+                "a component record or history statistic changed without being marked dirty"
+            );
+            changed
         };
         let parts = Snapshot {
             version: STATE_FORMAT,
@@ -191,9 +261,9 @@ impl Board {
             model_launches: l.model_launches.clone(),
             suggestions: l.suggestions.clone(),
             handshake: l.crown.clone(),
-            components: BTreeMap::new(),
+            components: (),
             quarantine: l.quarantine.clone(),
-            history: BTreeMap::new(),
+            history: (),
             events: live.events.iter().cloned().collect(),
         };
         (parts, changed)
@@ -205,28 +275,22 @@ impl Board {
     fn write_snapshot(&self, apply: Option<ApplyInfo>) -> Result<(), StateError> {
         let mut cache = lock(&self.io);
         let (parts, changed, generation) = {
-            let live = lock(&self.live);
+            let mut live = lock(&self.live);
             if live.written >= live.changed {
                 return Ok(());
             }
-            let (parts, changed) = self.snapshot_parts(&live, apply, &cache);
+            let (parts, changed) = self.snapshot_parts(&mut live, apply, &cache);
             (parts, changed, live.changed)
         };
         cache.update(changed);
         let text = files::render_snapshot(
             &parts.with_entries(
-                cache
-                    .components
-                    .iter()
-                    .map(|(name, (_, raw))| (name.clone(), raw.as_ref()))
-                    .collect(),
-                cache
-                    .history
-                    .iter()
-                    .map(|(name, (_, raw))| (name.clone(), raw.as_ref()))
-                    .collect(),
+                files::Rendered(&cache.components),
+                files::Rendered(&cache.history),
             ),
+            cache.last_len,
         );
+        cache.last_len = text.len();
         let result = files::write_snapshot_file(&self.paths.state_json(), text.as_bytes());
         let mut live = lock(&self.live);
         live.written = live.written.max(generation);
@@ -454,6 +518,7 @@ impl Store {
                 written: 0,
                 shutdown: false,
                 closed: false,
+                dirty: Dirty::default(),
             }),
             wake: Condvar::new(),
             io: Mutex::new(Fragments::default()),
@@ -569,6 +634,7 @@ impl Store {
             rec.reason = Some(format!("released from quarantine at {at}"));
             rec.updated_at = at.clone();
             batch.put(Tree::Components, name.as_bytes(), rec);
+            live.dirty.components.insert(name.to_owned());
         }
         db.commit(batch)?;
         live.loaded.quarantine.remove(name);
@@ -1310,8 +1376,10 @@ impl Recorder {
             }
         }
         db.commit(batch)?;
+        live.dirty.components.extend(touched);
         for name in self.sampled.drain(..) {
             if let Some(stats) = db.ring_stats(name.as_bytes())? {
+                live.dirty.history.insert(name.clone());
                 live.loaded.history.insert(name, stats);
             }
         }

@@ -28,13 +28,14 @@ the median CPU milliseconds per category over the rounds, at the sampling rate's
 
 import argparse
 import collections
-import importlib.util
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+
+import ab_overhead  # beside this script: run as `python3 benches/NAME.py`
 
 FREQUENCY = 4999
 
@@ -80,16 +81,8 @@ SYSCALLS = [
 ]
 
 
-def ab_overhead():
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("ab_overhead", os.path.join(here, "ab_overhead.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def record(command, cwd, data):
-    """Samples every CPU while `command` runs; returns its pid and the parsed samples."""
+    """Samples every CPU while `command` runs; returns the samples: (comm, pid, tid, frames)."""
     subprocess.run(
         ["perf", "record", "-q", "-g", "-a", "-F", str(FREQUENCY), "-o", data, "--"] + command,
         cwd=cwd,
@@ -163,7 +156,7 @@ def main():
         sys.exit("perf is needed (Debian: linux-perf)")
     directory = os.path.abspath(args.dir)
     if not os.path.exists(os.path.join(directory, "build.ninja")):
-        ab_overhead().write_dag(directory)
+        ab_overhead.write_dag(directory)
     binary, _, reference = args.runner.partition("=")
     binary = os.path.abspath(binary)
     reference = os.path.join(directory, reference)

@@ -26,13 +26,14 @@ razar): set TRACE_EXE to the razar binary's file name, so the trace is measured 
 
 import argparse
 import bisect
-import importlib.util
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+
+import ab_overhead  # beside this script: run as `python3 benches/NAME.py`
 
 EVENTS = [
     "sched:sched_process_exec",
@@ -42,14 +43,6 @@ EVENTS = [
     "syscalls:sys_exit_clone3",
 ]
 LINE = re.compile(r"\s*(\S+)\s+(\d+)\s+\[\d+\]\s+([\d.]+):\s+(\S+:\S+?):\s*(.*)")
-
-
-def ab_overhead():
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("ab_overhead", os.path.join(here, "ab_overhead.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def trace(command, cwd, data):
@@ -144,7 +137,7 @@ def main():
         sys.exit("perf is needed (Debian: linux-perf)")
     directory = os.path.abspath(args.dir)
     if not os.path.exists(os.path.join(directory, "build.ninja")):
-        ab_overhead().write_dag(directory)
+        ab_overhead.write_dag(directory)
     runners = []
     for spec in args.runners:
         binary, _, reference = spec.partition("=")

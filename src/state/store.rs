@@ -71,20 +71,11 @@ struct Live {
 /// last copied them, so a rewrite compares and copies only those instead of every entry.
 /// Every change to `Loaded::components` or `Loaded::history` marks its name; `all` (set at
 /// open) makes the writer compare everything.
+#[derive(Default)]
 struct Dirty {
     all: bool,
     components: BTreeSet<String>,
     history: BTreeSet<String>,
-}
-
-impl Default for Dirty {
-    fn default() -> Self {
-        Dirty {
-            all: true,
-            components: BTreeSet::new(),
-            history: BTreeSet::new(),
-        }
-    }
 }
 
 /// The rendered form of each component record and history statistic in the last snapshot,
@@ -220,13 +211,7 @@ impl Board {
         apply: Option<ApplyInfo>,
         cache: &Fragments,
     ) -> (Snapshot<(), ()>, Changed) {
-        let dirty = std::mem::replace(
-            &mut live.dirty,
-            Dirty {
-                all: false,
-                ..Dirty::default()
-            },
-        );
+        let dirty = std::mem::take(&mut live.dirty);
         let l = &live.loaded;
         let changed = if dirty.all {
             Changed {
@@ -518,7 +503,10 @@ impl Store {
                 written: 0,
                 shutdown: false,
                 closed: false,
-                dirty: Dirty::default(),
+                dirty: Dirty {
+                    all: true,
+                    ..Dirty::default()
+                },
             }),
             wake: Condvar::new(),
             io: Mutex::new(Fragments::default()),
@@ -1375,8 +1363,10 @@ impl Recorder {
                 batch.put(Tree::Components, name.as_bytes(), rec);
             }
         }
-        db.commit(batch)?;
+        // Marked before the commit: a failed commit still leaves the records changed in
+        // memory, and the snapshot shows what razar holds.
         live.dirty.components.extend(touched);
+        db.commit(batch)?;
         for name in self.sampled.drain(..) {
             if let Some(stats) = db.ring_stats(name.as_bytes())? {
                 live.dirty.history.insert(name.clone());

@@ -216,6 +216,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite the state database without the space sled leaves behind as it ages (it grows
+    /// by more than the data it holds on every boot). Refused while an apply runs.
+    #[command(after_help = EXIT_CODES)]
+    Compact {
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.

@@ -316,6 +316,9 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Quarantine { action } => {
             let _ = stdout.write_all(state_cmd::quarantine(&action)?.as_bytes());
         }
+        Command::Compact { state } => {
+            let _ = stdout.write_all(state_cmd::compact(&state)?.as_bytes());
+        }
         Command::History { state, name, json } => {
             let text = state_cmd::history(&state, name.as_deref(), json)?;
             let _ = stdout.write_all(text.as_bytes());

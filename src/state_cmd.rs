@@ -1,6 +1,7 @@
-//! The state commands of the binary — `status`, `quarantine list|show|release`, `logs` and
-//! `history` — from parsed arguments to output text. Reading goes through `state::read` (never
-//! creates or locks anything); only `quarantine release` opens the store for writing.
+//! The state commands of the binary — `status`, `quarantine list|show|release`, `logs`,
+//! `history` and `compact` — from parsed arguments to output text. Reading goes through
+//! `state::read` (never creates or locks anything); only `quarantine release` and `compact`
+//! write, under the apply lock.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -128,6 +129,34 @@ pub fn quarantine(action: &QuarantineAction) -> Result<String, Error> {
             ))
         }
     }
+}
+
+pub fn compact(args: &StateArgs) -> Result<String, Error> {
+    let target = target(args)?;
+    let started = std::time::Instant::now();
+    let done = state::compact(&target.dir)?;
+    Ok(format!(
+        "compacted `{}`: {} -> {} on disk in {}\n",
+        Paths::new(&target.dir).db().display(),
+        size(done.before),
+        size(done.after),
+        razar::duration::display(started.elapsed())
+    ))
+}
+
+/// A size in bytes for people: 512 B, 3.4 MB, 1.2 GB.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 pub fn history(args: &StateArgs, name: Option<&str>, json: bool) -> Result<String, Error> {

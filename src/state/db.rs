@@ -45,6 +45,9 @@ const OPEN_PATIENCE: Duration = Duration::from_secs(5);
 /// Journal size that triggers a checkpoint.
 pub(crate) const JOURNAL_CHECKPOINT: u64 = 1 << 20;
 
+/// Entries per sled batch when [`Db::copy_into`] copies a tree.
+const COPY_BATCH: usize = 4096;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tree {
     Meta,
@@ -924,6 +927,78 @@ impl Db {
         }
         if checkpoint {
             self.checkpoint_in_background()?;
+        }
+        Ok(())
+    }
+
+    /// Copies every tree sled holds into a new database at `dest` (which must not exist yet),
+    /// flushes the copy and checks it against this database entry by entry. Only the live
+    /// entries are copied, not the space sled's log has accumulated around them (see
+    /// `Store::compact`). Call it after a checkpoint, with no commits meanwhile, so that sled
+    /// holds everything the journal did.
+    pub fn copy_into(&self, dest: &Path) -> Result<(), StateError> {
+        let failed = |detail: String| StateError::Database {
+            path: dest.to_path_buf(),
+            detail,
+        };
+        let created = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(dest)
+                .create_new(true)
+                .flush_every_ms(None)
+                .open()
+        });
+        let copy = match created {
+            Ok(Ok(copy)) => copy,
+            Ok(Err(err)) => return Err(failed(format!("cannot create it: {err}"))),
+            Err(_) => return Err(failed("sled panicked creating it".to_owned())),
+        };
+        let names = self.db.tree_names();
+        let pair = |name: &sled::IVec| -> Result<(sled::Tree, sled::Tree), StateError> {
+            let shown = String::from_utf8_lossy(name);
+            let from = self
+                .db
+                .open_tree(name)
+                .map_err(|err| self.error(format!("tree `{shown}`: {err}")))?;
+            let to = copy
+                .open_tree(name)
+                .map_err(|err| failed(format!("tree `{shown}`: {err}")))?;
+            Ok((from, to))
+        };
+        for name in &names {
+            let (from, to) = pair(name)?;
+            let mut batch = sled::Batch::default();
+            let mut batched = 0;
+            for entry in from.iter() {
+                let (key, value) = entry.map_err(|err| self.error(err.to_string()))?;
+                batch.insert(key, value);
+                batched += 1;
+                if batched == COPY_BATCH {
+                    to.apply_batch(std::mem::take(&mut batch))
+                        .map_err(|err| failed(err.to_string()))?;
+                    batched = 0;
+                }
+            }
+            to.apply_batch(batch)
+                .map_err(|err| failed(err.to_string()))?;
+        }
+        copy.flush()
+            .map_err(|err| failed(format!("cannot flush: {err}")))?;
+        for name in &names {
+            let (from, to) = pair(name)?;
+            let (mut original, mut copied) = (from.iter(), to.iter());
+            loop {
+                match (original.next(), copied.next()) {
+                    (None, None) => break,
+                    (Some(Ok(a)), Some(Ok(b))) if a == b => {}
+                    _ => {
+                        return Err(failed(format!(
+                            "the copy of tree `{}` differs from the original",
+                            String::from_utf8_lossy(name)
+                        )));
+                    }
+                }
+            }
         }
         Ok(())
     }

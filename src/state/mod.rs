@@ -21,6 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
+mod compact;
 pub mod crown;
 mod db;
 mod files;
@@ -32,6 +33,7 @@ pub mod render;
 mod store;
 mod view;
 
+pub use compact::{Compacted, compact};
 pub use history::{
     HistoryStats, Outcome as SampleOutcome, Sample, command_hash, percentile, weights,
 };
@@ -95,6 +97,9 @@ pub enum StateError {
     },
     #[error("`{name}` is not quarantined{}", known_text(known))]
     NotQuarantined { name: String, known: Vec<String> },
+    /// A command that works on the database found none.
+    #[error("there is no state database at `{}` (`razar apply` creates it)", path.display())]
+    NoDatabase { path: PathBuf },
 }
 
 fn holder_text(pid: Option<u32>) -> String {
@@ -125,7 +130,9 @@ impl StateError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            StateError::Locked { .. } | StateError::NotQuarantined { .. }
+            StateError::Locked { .. }
+                | StateError::NotQuarantined { .. }
+                | StateError::NoDatabase { .. }
         )
     }
 }

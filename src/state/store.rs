@@ -358,7 +358,7 @@ impl Drop for Shared {
 
 /// Opens the database (refusing one from a newer razar, marking a new or older one with this
 /// razar's format, see [`DATABASE_FORMAT`]) and loads what it holds.
-fn open_database(paths: &Paths) -> Result<(Db, Loaded), StateError> {
+pub(super) fn open_database(paths: &Paths) -> Result<(Db, Loaded), StateError> {
     let db = Db::open_patiently(paths)?;
     match db.get::<u64>(Tree::Meta, b"format")? {
         Some(found) if found > DATABASE_FORMAT => {

@@ -1110,3 +1110,88 @@ fn a_database_of_the_earlier_format_is_upgraded_and_one_from_a_newer_razar_refus
     }
     assert_eq!(format(), Some(DATABASE_FORMAT + 1));
 }
+
+/// Key and value pairs of one sled tree, in key order.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Every entry of every tree of the database at `db`, as sled holds it, by tree name.
+fn sled_contents(db: &Path) -> BTreeMap<Vec<u8>, Entries> {
+    let sled = sled::open(db).expect("open sled");
+    sled.tree_names()
+        .into_iter()
+        .map(|name| {
+            let tree = sled.open_tree(&name).expect("tree");
+            let entries = tree
+                .iter()
+                .map(|entry| {
+                    let (k, v) = entry.expect("entry");
+                    (k.to_vec(), v.to_vec())
+                })
+                .collect();
+            (name.to_vec(), entries)
+        })
+        .collect()
+}
+
+#[test]
+fn compaction_copies_every_entry_including_the_journal_and_shrinks_the_database() {
+    use super::db::{Batch, Db, Tree};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("state");
+    let plan = plan_of(tmp.path(), STACK);
+    for boot in 0..30u64 {
+        let store = Store::open(&dir).expect("open");
+        let mut rec = store.recorder(&plan);
+        rec.emit(&ev(0, started(&format!("r{boot}"), false)));
+        rec.emit(&ev(1, spawned("migrate", 1, std::process::id())));
+        rec.emit(&ev(
+            9,
+            EventKind::Completed {
+                component: "migrate".into(),
+                attempt: 1,
+                after_ms: 8 + boot,
+            },
+        ));
+        drop(rec);
+        store.close().expect("close");
+    }
+    // Refused while the directory is held, like a second apply; nothing is touched.
+    let held = Store::open(&dir).expect("open");
+    assert!(matches!(compact(&dir), Err(StateError::Locked { .. })));
+    held.close().expect("close");
+    drop(held);
+
+    let mut expected = sled_contents(&dir.join("db"));
+    // A last write only in the journal, as a killed razar leaves it: the compaction replays it.
+    {
+        let db = Db::open_patiently(&Paths::new(&dir)).expect("open");
+        let mut batch = Batch::default();
+        batch.put(Tree::Meta, b"unflushed", &7u32);
+        db.commit(batch).expect("commit");
+    }
+    let meta = expected.get_mut(b"meta".as_slice()).expect("meta tree");
+    meta.push((b"unflushed".to_vec(), b"7".to_vec()));
+    meta.sort();
+
+    let done = compact(&dir).expect("compact");
+    assert!(done.after < done.before, "{done:?}");
+    assert_eq!(sled_contents(&dir.join("db")), expected);
+    assert!(!dir.join("db.compacting").exists());
+    assert_eq!(
+        std::fs::metadata(dir.join("db.journal"))
+            .expect("journal")
+            .len(),
+        0,
+        "everything is in sled"
+    );
+    // And the store reads it as before.
+    let store = Store::open(&dir).expect("open");
+    assert_eq!(store.history()["migrate"].samples, 30);
+
+    let empty = tmp.path().join("empty");
+    assert!(matches!(
+        compact(&empty),
+        Err(StateError::NoDatabase { .. })
+    ));
+    assert!(!empty.exists(), "nothing created");
+}

@@ -229,7 +229,7 @@ fn a_service_that_always_fails_is_quarantined_and_its_dependents_blocked() {
     assert_eq!(next.count(is("ready", "independent")), 1);
 
     // Released, it is planned again.
-    let release = stack.run(&[
+    stack.ok(&[
         "quarantine",
         "release",
         "broken",
@@ -238,12 +238,6 @@ fn a_service_that_always_fails_is_quarantined_and_its_dependents_blocked() {
         "--note",
         "fixed",
     ]);
-    assert_eq!(
-        release.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&release.stderr)
-    );
     let plan = stack.run(&["plan", "-c", "razar.yaml", "--format", "json"]);
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
     assert_eq!(plan["excluded"].as_array().map(Vec::len), Some(0), "{plan}");
@@ -489,13 +483,7 @@ fn until_ready_with_keep_running_leaves_the_stack_up_for_razar_down() {
         "{stderr}"
     );
 
-    let down = stack.run(&["down", "-c", "razar.yaml", "--json"]);
-    assert_eq!(
-        down.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    let down = stack.ok(&["down", "-c", "razar.yaml", "--json"]);
     let events: Vec<razar::exec::Event> = String::from_utf8_lossy(&down.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("event line"))
@@ -524,13 +512,7 @@ fn a_saved_plan_runs_as_saved_and_is_refused_once_stale() {
     let stack = Stack::new(
         "components:\n  - name: hello\n    kind: task\n    command: \"echo hello > hello.txt\"\n    cwd: .\n",
     );
-    let plan = stack.run(&["plan", "-c", "razar.yaml", "-o", "plan.json"]);
-    assert_eq!(
-        plan.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
+    stack.ok(&["plan", "-c", "razar.yaml", "-o", "plan.json"]);
     let run = stack.apply_plan_file("plan.json");
     assert_eq!(
         run.status.code(),
@@ -587,13 +569,7 @@ fn follow_prefixes_live_output_with_the_component_name() {
     let stack = Stack::new(
         "components:\n  - name: greeter\n    kind: task\n    command: \"echo hello from greeter; echo to stderr >&2\"\n",
     );
-    let out = stack.run(&["apply", "-c", "razar.yaml", "--follow"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = stack.ok(&["apply", "-c", "razar.yaml", "--follow"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("greeter | hello from greeter"), "{stdout}");
     assert!(stdout.contains("greeter | to stderr"), "{stdout}");
@@ -712,13 +688,7 @@ fn a_second_apply_is_refused_and_razar_down_stops_the_running_one() {
         "the refusal names the holder: {stderr}"
     );
     // `razar down` from another terminal: the running apply stops its stack in order.
-    let down = stack.run(&["down", "-c", "razar.yaml"]);
-    assert_eq!(
-        down.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    let down = stack.ok(&["down", "-c", "razar.yaml"]);
     assert!(String::from_utf8_lossy(&down.stdout).contains(&format!("pid {}", first.pid())));
     let run = first.finish();
     assert_eq!(run.code(), Some(0), "{}", run.show());
@@ -729,6 +699,79 @@ fn a_second_apply_is_refused_and_razar_down_stops_the_running_one() {
             "group {pgid} still has processes"
         );
     }
+}
+
+#[test]
+fn compact_keeps_every_record_and_is_refused_while_an_apply_runs() {
+    let (config, _) = chain_config("");
+    let stack = Stack::new(&config);
+    let history = || {
+        let out = stack.ok(&["history", "-c", "razar.yaml", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let samples = |history: &serde_json::Value| -> Vec<(String, u64)> {
+        let all = history["components"].as_array().expect("components");
+        all.iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().expect("name").to_owned(),
+                    c["samples"].as_u64().expect("samples"),
+                )
+            })
+            .collect()
+    };
+    for _ in 0..3 {
+        let run = stack.apply(&["--until-ready"]).finish();
+        assert_eq!(run.code(), Some(0), "{}", run.show());
+    }
+    let before = history();
+    let status_before = stack.ok(&["status", "-c", "razar.yaml", "--json"]);
+    // A leftover of a compaction killed halfway: never the live database, removed.
+    let leftover = stack.state().join("db.compacting");
+    std::fs::create_dir_all(&leftover).expect("leftover");
+    std::fs::write(leftover.join("junk"), b"x").expect("leftover file");
+
+    let out = stack.ok(&["compact", "-c", "razar.yaml"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("compacted `"),
+        "{out:?}"
+    );
+    assert!(!leftover.exists(), "the old copy and the leftover are gone");
+    assert_eq!(history(), before, "the history reads the same");
+    let status_after = stack.ok(&["status", "-c", "razar.yaml", "--json"]);
+    assert_eq!(
+        status_after.stdout, status_before.stdout,
+        "the status reads the same"
+    );
+
+    // The compacted database takes the next boot's samples like any other.
+    let mut apply = stack.apply(&[]);
+    apply.wait_for("boot finished", |k| {
+        matches!(k, EventKind::BootFinished { .. })
+    });
+    let refused = stack.run(&["compact", "-c", "razar.yaml"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("another razar apply") && stderr.contains(&apply.pid().to_string()),
+        "the refusal names the holder: {stderr}"
+    );
+    apply.signal(libc::SIGINT);
+    let run = apply.finish();
+    assert_eq!(run.code(), Some(0), "{}", run.show());
+    let grown: Vec<(String, u64)> = samples(&before)
+        .into_iter()
+        .map(|(n, s)| (n, s + 1))
+        .collect();
+    assert_eq!(samples(&history()), grown, "one more sample each");
+
+    let none = stack.run(&["compact", "--state-dir", "no-such-dir"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("there is no state database"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
 }
 
 #[test]
@@ -744,13 +787,7 @@ fn an_apply_leaves_every_checkpoint_in_the_database_when_it_exits() {
         let journal = std::fs::metadata(stack.state().join("db.journal")).expect("journal");
         assert_eq!(journal.len(), 0, "boot {boot} left its journal unapplied");
         // And the database is unlocked: a reader opens it and finds this boot's samples.
-        let out = stack.run(&["history", "-c", "razar.yaml", "--json"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = stack.ok(&["history", "-c", "razar.yaml", "--json"]);
         let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         for name in ["prep", "work"] {
             let entry = history["components"]

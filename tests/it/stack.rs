@@ -89,6 +89,19 @@ impl Stack {
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         self.command(args).output().expect("run razar")
     }
+
+    /// [`Stack::run`] for a command that must succeed (its stderr shown if it does not).
+    pub fn ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "razar {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound to port 0, then released for the service to take).

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::exec::{self, CancelReason, Outcome, PriorStatus, Shutdown};
 use crate::plan::{self, Plan};
 use crate::report::Reporter;
-use crate::state::Store;
+use crate::state::{Role, Store};
 
 /// What `razar apply` was asked to do (the clap struct stops at the dispatcher).
 #[derive(Debug, Clone, Default)]
@@ -355,16 +355,33 @@ pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
     let selected = graph.select(&[])?;
     let plan = plan::build(&graph, &selected, &plan::Options::default());
     let mut reporter = Reporter::stdout(Reporter::mode_for(json, std::io::stdout().is_terminal()));
-    if let Some(holder) = crate::state::holder(&plan.state_dir) {
+    // A compaction runs nothing and ends on its own: wait for it, then stop what runs.
+    let mut noted = false;
+    let holder = loop {
+        match crate::state::holder(&plan.state_dir) {
+            Some(holder) if holder.role == Role::Compact => {
+                if !std::mem::replace(&mut noted, true) {
+                    reporter.note(&format!(
+                        "waiting for razar compact (pid {}) to finish",
+                        holder.pid
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            holder => break holder,
+        }
+    };
+    if let Some(holder) = holder {
         return stop_apply(holder, &mut reporter);
     }
     let store = match Store::open(&plan.state_dir) {
         Ok(store) => store,
-        // An apply started between the two looks: ask it to stop instead.
+        // An apply started between the two looks: ask it to stop instead. (A compaction that
+        // started meanwhile ends on its own: try again.)
         Err(crate::state::StateError::Locked { .. }) => {
             return match crate::state::holder(&plan.state_dir) {
-                Some(holder) => stop_apply(holder, &mut reporter),
-                None => Err(Error::Usage(format!(
+                Some(holder) if holder.role == Role::Apply => stop_apply(holder, &mut reporter),
+                _ => Err(Error::Usage(format!(
                     "another razar holds `{}`; try again",
                     plan.state_dir.display()
                 ))),

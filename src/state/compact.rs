@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::lock::ApplyLock;
+use super::lock::{ApplyLock, Role};
 use super::store::open_database;
 use super::{Paths, StateError};
 
@@ -34,7 +34,7 @@ pub fn compact(state_dir: &Path) -> Result<Compacted, StateError> {
     if !live.is_dir() {
         return Err(StateError::NoDatabase { path: live });
     }
-    let _lock = ApplyLock::acquire(&paths)?;
+    let _lock = ApplyLock::acquire(&paths, Role::Compact)?;
     let spare = paths.dir.join("db.compacting");
     remove_dir_if_present(&spare)?;
     let before = disk_usage(&live)?;

@@ -2,9 +2,10 @@
 //!
 //! `<state_dir>/razar.lock` is locked with `flock(LOCK_EX)`, which the kernel releases when the
 //! holder dies, so a lock file left by a killed razar never blocks the next apply. The file
-//! also names the holder (`pid start_time`) for the refusal message and for readers, which
-//! never take the lock (they would block an apply that starts at that moment): a reader trusts
-//! the named pid only while that exact process (pid and start time) is alive.
+//! also names the holder (`pid start_time`, then `compact` for `razar compact`) for the
+//! refusal message and for readers, which never take the lock (they would block an apply that
+//! starts at that moment): a reader trusts the named pid only while that exact process (pid and
+//! start time) is alive.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -19,6 +20,27 @@ use super::{Paths, StateError, proc};
 pub struct Holder {
     pub pid: u32,
     pub start_time: Option<u64>,
+    pub role: Role,
+}
+
+/// What the process holding the lock is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `razar apply`, or a command that opens the store for a moment (`quarantine release`,
+    /// `razar down` with no apply running).
+    Apply,
+    /// `razar compact`, rewriting the database: it runs nothing, and finishes on its own.
+    Compact,
+}
+
+impl Role {
+    /// The command, as an operator would type it.
+    pub fn command(self) -> &'static str {
+        match self {
+            Role::Apply => "razar apply",
+            Role::Compact => "razar compact",
+        }
+    }
 }
 
 /// How long a refused lock is retried while no live holder is named in the file.
@@ -32,8 +54,8 @@ pub(crate) struct ApplyLock {
 }
 
 impl ApplyLock {
-    /// Takes the lock of `paths.dir` (which must exist) or says who holds it.
-    pub(crate) fn acquire(paths: &Paths) -> Result<ApplyLock, StateError> {
+    /// Takes the lock of `paths.dir` (which must exist) for `role`, or says who holds it.
+    pub(crate) fn acquire(paths: &Paths, role: Role) -> Result<ApplyLock, StateError> {
         let path = paths.lock();
         let mut file = OpenOptions::new()
             .read(true)
@@ -63,14 +85,19 @@ impl ApplyLock {
                 return Err(StateError::Locked {
                     dir: paths.dir.clone(),
                     pid: holder.map(|h| h.pid),
+                    role: holder.map_or(Role::Apply, |h| h.role),
                 });
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         let me = std::process::id();
-        let line = match proc::start_time(me) {
-            Some(start) => format!("{me} {start}\n"),
-            None => format!("{me}\n"),
+        let start = proc::start_time(me);
+        // Razars that know no role read the first two fields: an apply's line stays as it was.
+        let line = match (start, role) {
+            (Some(start), Role::Apply) => format!("{me} {start}\n"),
+            (None, Role::Apply) => format!("{me}\n"),
+            (Some(start), Role::Compact) => format!("{me} {start} compact\n"),
+            (None, Role::Compact) => format!("{me} - compact\n"),
         };
         let write = (|| {
             file.set_len(0)?;
@@ -98,7 +125,15 @@ fn read_holder(path: &Path) -> Option<Holder> {
     let mut fields = text.split_whitespace();
     let pid: u32 = fields.next()?.parse().ok()?;
     let start_time = fields.next().and_then(|s| s.parse().ok());
-    proc::process_alive(pid, start_time).then_some(Holder { pid, start_time })
+    let role = match fields.next() {
+        Some("compact") => Role::Compact,
+        _ => Role::Apply,
+    };
+    proc::process_alive(pid, start_time).then_some(Holder {
+        pid,
+        start_time,
+        role,
+    })
 }
 
 /// The live process holding the apply lock of `dir`, if any. Never creates or locks anything.
@@ -114,32 +149,62 @@ mod tests {
     fn a_second_lock_is_refused_naming_the_holder() {
         let dir = tempfile::tempdir().expect("temp dir");
         let paths = Paths::new(dir.path());
-        let first = ApplyLock::acquire(&paths).expect("first lock");
+        let first = ApplyLock::acquire(&paths, Role::Apply).expect("first lock");
         assert_eq!(holder(dir.path()).map(|h| h.pid), Some(std::process::id()));
         // flock locks belong to open file descriptions: a second open in the same process
         // conflicts just as another process would.
-        match ApplyLock::acquire(&paths) {
+        match ApplyLock::acquire(&paths, Role::Apply) {
             Err(StateError::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("expected Locked, got {other:?}"),
         }
         drop(first);
         assert_eq!(holder(dir.path()), None);
-        let again = ApplyLock::acquire(&paths).expect("lock is free after release");
+        let again = ApplyLock::acquire(&paths, Role::Apply).expect("lock is free after release");
         drop(again);
+    }
+
+    #[test]
+    fn a_compaction_names_itself_as_the_holder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(dir.path());
+        let lock = ApplyLock::acquire(&paths, Role::Compact).expect("lock");
+        let named = holder(dir.path()).expect("held");
+        assert_eq!((named.pid, named.role), (std::process::id(), Role::Compact));
+        assert!(named.start_time.is_some());
+        let refused = ApplyLock::acquire(&paths, Role::Apply).expect_err("held");
+        assert!(
+            matches!(
+                refused,
+                StateError::Locked {
+                    role: Role::Compact,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains("razar compact"), "{refused}");
+        drop(lock);
+        // An apply's line is what razars before roles wrote.
+        let lock = ApplyLock::acquire(&paths, Role::Apply).expect("lock");
+        let line = std::fs::read_to_string(paths.lock()).expect("read");
+        assert_eq!(line.split_whitespace().count(), 2, "{line}");
+        assert_eq!(holder(dir.path()).map(|h| h.role), Some(Role::Apply));
+        drop(lock);
     }
 
     #[test]
     fn a_lock_held_by_an_unnamed_process_for_a_moment_is_waited_for() {
         let dir = tempfile::tempdir().expect("temp dir");
         let paths = Paths::new(dir.path());
-        let first = ApplyLock::acquire(&paths).expect("first lock");
+        let first = ApplyLock::acquire(&paths, Role::Apply).expect("first lock");
         // What a fork in the holder leaves for an instant: the lock held, the file emptied.
         std::fs::write(paths.lock(), "").expect("empty the file");
         let release = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             drop(first);
         });
-        let second = ApplyLock::acquire(&paths).expect("acquired once the holder let go");
+        let second =
+            ApplyLock::acquire(&paths, Role::Apply).expect("acquired once the holder let go");
         release.join().expect("release thread");
         drop(second);
     }
@@ -159,7 +224,7 @@ mod tests {
         let me = std::process::id();
         std::fs::write(paths.lock(), format!("{me} 1\n")).expect("write reused pid");
         assert_eq!(holder(dir.path()), None);
-        let lock = ApplyLock::acquire(&paths).expect("stale file does not block");
+        let lock = ApplyLock::acquire(&paths, Role::Apply).expect("stale file does not block");
         assert_eq!(holder(dir.path()).map(|h| h.pid), Some(me));
         drop(lock);
     }

@@ -37,7 +37,7 @@ pub use compact::{Compacted, compact};
 pub use history::{
     HistoryStats, Outcome as SampleOutcome, Sample, command_hash, percentile, weights,
 };
-pub use lock::{Holder, holder};
+pub use lock::{Holder, Role, holder};
 pub use proc::{process_alive, process_uptime, start_time};
 pub use record::{
     BootSummary, ComponentRecord, CrownRecord, EventNote, ExploredOrder, Phase, ProbeResult,
@@ -75,8 +75,12 @@ pub const LOG_TAIL_LIMIT: usize = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Another process holds the apply lock of this state directory.
-    #[error("another razar apply is running on `{}` ({}); wait for it to finish or stop it with `razar down`", dir.display(), holder_text(*pid))]
-    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error("{}", locked_text(dir, *pid, *role))]
+    Locked {
+        dir: PathBuf,
+        pid: Option<u32>,
+        role: Role,
+    },
     #[error("cannot use state directory `{}`", path.display())]
     Io {
         path: PathBuf,
@@ -102,10 +106,20 @@ pub enum StateError {
     NoDatabase { path: PathBuf },
 }
 
-fn holder_text(pid: Option<u32>) -> String {
-    match pid {
+fn locked_text(dir: &Path, pid: Option<u32>, role: Role) -> String {
+    let holder = match pid {
         Some(pid) => format!("pid {pid} holds the lock"),
         None => "a process whose pid could not be read holds the lock".to_owned(),
+    };
+    match role {
+        Role::Apply => format!(
+            "another razar apply is running on `{}` ({holder}); wait for it to finish or stop it with `razar down`",
+            dir.display()
+        ),
+        Role::Compact => format!(
+            "razar compact is rewriting the database of `{}` ({holder}); try again once it finishes",
+            dir.display()
+        ),
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{
-    ComponentRecord, HistoryStats, ProbeResult, QuarantineRecord, Source, Status, View,
+    ComponentRecord, HistoryStats, ProbeResult, QuarantineRecord, Role, Source, Status, View,
     process_alive, process_uptime,
 };
 use crate::config::{Component, Kind};
@@ -135,6 +135,10 @@ fn source_name(source: &Source) -> &'static str {
 
 /// `razar status --json`.
 pub fn status_json(view: &View, rows: &[StatusRow]) -> String {
+    let (applying, compacting) = match view.apply {
+        Some(holder) if holder.role == Role::Compact => (None, Some(holder)),
+        holder => (holder, None),
+    };
     let value = json!({
         "state_dir": view.dir,
         "source": source_name(&view.source),
@@ -143,9 +147,10 @@ pub fn status_json(view: &View, rows: &[StatusRow]) -> String {
             _ => None,
         },
         "apply": {
-            "running": view.apply.is_some(),
-            "pid": view.apply.map(|h| h.pid),
+            "running": applying.is_some(),
+            "pid": applying.map(|h| h.pid),
         },
+        "compaction": compacting.map(|h| json!({"pid": h.pid})),
         "run": view.run,
         "last_component": view.last_component,
         "components": rows,
@@ -178,6 +183,10 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 fn apply_line(view: &View) -> String {
     let run = view.run.as_ref();
     match (view.apply, run) {
+        (Some(holder), _) if holder.role == Role::Compact => format!(
+            "apply: not running; razar compact (pid {}) is rewriting the database",
+            holder.pid
+        ),
         (Some(holder), Some(run)) => format!(
             "apply: running (pid {}), run {} started {}, {}",
             holder.pid,

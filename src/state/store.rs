@@ -20,7 +20,7 @@ use super::crown::LaunchRecord;
 use super::db::{Batch, Db, HISTORY_STATS_COMPLETE, Tree};
 use super::files::{self, ApplyInfo, Existing, Snapshot, SnapshotEvents};
 use super::history::{Outcome as SampleOutcome, Sample, SampleEntry};
-use super::lock::ApplyLock;
+use super::lock::{ApplyLock, Role};
 use super::view::{self, Loaded};
 use super::{
     BootSummary, ComponentRecord, CrownRecord, DATABASE_FORMAT, EXPLORED_LIMIT, EventNote,
@@ -407,7 +407,7 @@ impl Store {
     pub fn open_deferred(state_dir: &Path) -> Result<Store, StateError> {
         let paths = Paths::new(state_dir);
         std::fs::create_dir_all(&paths.dir).map_err(|e| StateError::io(&paths.dir, e))?;
-        let apply_lock = ApplyLock::acquire(&paths)?;
+        let apply_lock = ApplyLock::acquire(&paths, Role::Apply)?;
         // The old snapshot is read on a second thread while this one opens the database.
         let state_json = paths.state_json();
         let (opened, existing) = std::thread::scope(|scope| {
@@ -549,6 +549,7 @@ impl Store {
             Some(super::Holder {
                 pid: self.shared.board.apply.pid,
                 start_time: self.shared.board.apply.start_time,
+                role: Role::Apply,
             }),
             live.loaded.clone(),
         )

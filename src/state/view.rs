@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::crown::LaunchRecord;
 use super::db::{Db, HISTORY_STATS_COMPLETE, OpenError, Tree};
 use super::files::{self, Existing};
-use super::lock::{self, Holder};
+use super::lock::{self, Holder, Role};
 use super::{
     ComponentRecord, CrownRecord, DATABASE_FORMAT, ExploredOrder, HistoryStats, Paths,
     QuarantineRecord, RunRecord, StateError, SuggestionRecord,
@@ -109,7 +109,8 @@ pub enum Source {
 pub struct View {
     pub dir: PathBuf,
     pub source: Source,
-    /// The live apply holding the directory, if any.
+    /// The live process holding the directory, if any: an apply, or a compaction (see its
+    /// `role`).
     pub apply: Option<Holder>,
     pub run: Option<RunRecord>,
     pub components: BTreeMap<String, ComponentRecord>,
@@ -163,6 +164,12 @@ impl View {
     pub fn describe_source(&self) -> String {
         let dir = self.dir.display();
         match (&self.source, &self.apply) {
+            (Source::Snapshot { updated_at }, Some(holder)) if holder.role == Role::Compact => {
+                format!(
+                    "state: {dir} (from razar_state.json written {updated_at}: razar compact, pid {}, is rewriting the database)",
+                    holder.pid
+                )
+            }
             (Source::Empty, Some(holder)) => format!(
                 "state: {dir} (an apply is starting, pid {}; nothing recorded yet)",
                 holder.pid

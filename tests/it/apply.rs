@@ -774,6 +774,77 @@ fn compact_keeps_every_record_and_is_refused_while_an_apply_runs() {
     );
 }
 
+/// Holds `razar.lock` as a running `razar compact` would (its own pid, start time and role),
+/// until a line arrives on its stdin.
+const HOLD_AS_COMPACTION: &str = r#"
+import fcntl, os, sys
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+start = open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19]
+f.seek(0); f.truncate(); f.write(f"{os.getpid()} {start} compact\n"); f.flush()
+print("held", flush=True)
+sys.stdin.readline()
+f.truncate(0)
+"#;
+
+#[test]
+fn a_running_compaction_is_named_and_razar_down_waits_for_it() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let stack = Stack::new("components:\n  - {name: job, kind: task, command: [\"true\"]}\n");
+    let run = stack.apply(&["--until-ready"]).finish();
+    assert_eq!(run.code(), Some(0), "{}", run.show());
+    let mut holder = std::process::Command::new("python3")
+        .args(["-c", HOLD_AS_COMPACTION])
+        .arg(stack.state().join("razar.lock"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut held = String::new();
+    BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut held)
+        .expect("read");
+    assert_eq!(held.trim(), "held");
+    let pid = holder.id().to_string();
+
+    let refused = stack.run(&["apply", "-c", "razar.yaml", "--until-ready"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("razar compact is rewriting") && stderr.contains(&pid),
+        "{stderr}"
+    );
+    let status = stack.ok(&["status", "-c", "razar.yaml"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!(
+            "razar compact (pid {pid}) is rewriting the database"
+        )),
+        "{text}"
+    );
+    let status = stack.ok(&["status", "-c", "razar.yaml", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(json["apply"]["running"], false, "{json:#}");
+    assert_eq!(json["compaction"]["pid"].to_string(), pid, "{json:#}");
+
+    // `razar down` does not signal the compaction: it waits for it, then finds nothing running.
+    let mut down = stack
+        .command(&["down", "-c", "razar.yaml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("razar down");
+    let mut lines = BufReader::new(down.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("read");
+    assert!(first.contains("waiting for razar compact"), "{first}");
+    writeln!(holder.stdin.take().expect("stdin")).expect("release");
+    assert!(holder.wait().expect("holder exits").success());
+    let rest: Vec<String> = lines.map(|l| l.expect("read")).collect();
+    assert!(down.wait().expect("down exits").success(), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("nothing of")), "{rest:?}");
+}
+
 #[test]
 fn an_apply_leaves_every_checkpoint_in_the_database_when_it_exits() {
     let stack = Stack::new(

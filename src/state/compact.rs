@@ -50,11 +50,9 @@ pub fn compact(state_dir: &Path) -> Result<Compacted, StateError> {
     }
     if let Err(err) = exchange(&live, &spare) {
         let _ = std::fs::remove_dir_all(&spare);
-        return Err(StateError::Database {
+        return Err(StateError::Compact {
             path: live,
-            detail: format!(
-                "cannot swap in the compacted copy ({err}); the database was left as it was"
-            ),
+            detail: format!("the checked copy cannot be swapped in ({err})"),
         });
     }
     // Either side of the swap is a whole database: an unsynced swap that a power loss undoes

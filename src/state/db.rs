@@ -937,9 +937,9 @@ impl Db {
     /// `Store::compact`). Call it after a checkpoint, with no commits meanwhile, so that sled
     /// holds everything the journal did.
     pub fn copy_into(&self, dest: &Path) -> Result<(), StateError> {
-        let failed = |detail: String| StateError::Database {
-            path: dest.to_path_buf(),
-            detail,
+        let failed = |detail: String| StateError::Compact {
+            path: self.path.clone(),
+            detail: format!("its copy `{}`: {detail}", dest.display()),
         };
         let created = std::panic::catch_unwind(|| {
             sled::Config::new()

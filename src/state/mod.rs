@@ -101,6 +101,9 @@ pub enum StateError {
     },
     #[error("`{name}` is not quarantined{}", known_text(known))]
     NotQuarantined { name: String, known: Vec<String> },
+    /// `razar compact` could not finish; the database is as it was.
+    #[error("cannot compact `{}`: {detail}; the database was left as it was", path.display())]
+    Compact { path: PathBuf, detail: String },
     /// A command that works on the database found none.
     #[error("there is no state database at `{}` (`razar apply` creates it)", path.display())]
     NoDatabase { path: PathBuf },

@@ -33,16 +33,6 @@ pub enum Role {
     Compact,
 }
 
-impl Role {
-    /// The command, as an operator would type it.
-    pub fn command(self) -> &'static str {
-        match self {
-            Role::Apply => "razar apply",
-            Role::Compact => "razar compact",
-        }
-    }
-}
-
 /// How long a refused lock is retried while no live holder is named in the file.
 const HOLDER_PATIENCE: Duration = Duration::from_secs(1);
 

@@ -70,8 +70,28 @@ def timed(command, cwd):
     return wall, (int(fields[11]) + int(fields[12])) / ticks
 
 
+# razar's side of the comparison, run in a state directory holding dag.yaml.
+APPLY = ["apply", "-c", "dag.yaml", "--until-ready", "--parallelism", "2"]
+
+
 def apply(binary, cwd):
-    return timed([binary, "apply", "-c", "dag.yaml", "--until-ready", "--parallelism", "2"], cwd)
+    return timed([binary] + APPLY, cwd)
+
+
+def fresh_copy(reference, work):
+    """`work` becomes a copy of the reference state directory, on disk before the run."""
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(reference, work, symlinks=True)
+    os.sync()
+
+
+def forget_ninja_log(directory):
+    """Removes ninja's log, so `ninja -j2` runs every edge again."""
+    for leftover in (".ninja_log", ".ninja_deps"):
+        try:
+            os.remove(os.path.join(directory, leftover))
+        except FileNotFoundError:
+            pass
 
 
 def main():
@@ -88,6 +108,7 @@ def main():
 
     if args.make_state:
         binary, name = args.make_state.split("=", 1)
+        binary = os.path.abspath(binary)  # it runs in the state directory
         target = os.path.join(args.dir, name)
         os.makedirs(target, exist_ok=True)
         shutil.copy(os.path.join(args.dir, "dag.yaml"), target)
@@ -95,22 +116,17 @@ def main():
             apply(binary, target)
         return
 
-    runners = [r.split("=", 1) for r in args.runners]
+    # Each binary runs in its state directory: a relative path is made absolute first.
+    runners = [(os.path.abspath(b), n) for b, n in (r.split("=", 1) for r in args.runners)]
     times = {label: ([], []) for label in [f"{b} ({n})" for b, n in runners] + ["ninja -j2"]}
     for _ in range(args.rounds):
         for i, (binary, name) in enumerate(runners):
             copy = os.path.join(args.dir, f"run-{i}")
-            shutil.rmtree(copy, ignore_errors=True)
-            shutil.copytree(os.path.join(args.dir, name), copy, symlinks=True)
-            os.sync()
+            fresh_copy(os.path.join(args.dir, name), copy)
             wall, cpu = apply(binary, copy)
             times[f"{binary} ({name})"][0].append(wall)
             times[f"{binary} ({name})"][1].append(cpu)
-        for leftover in (".ninja_log", ".ninja_deps"):
-            try:
-                os.remove(os.path.join(args.dir, leftover))
-            except FileNotFoundError:
-                pass
+        forget_ninja_log(args.dir)
         wall, cpu = timed(["ninja", "-j2"], args.dir)
         times["ninja -j2"][0].append(wall)
         times["ninja -j2"][1].append(cpu)

@@ -164,16 +164,10 @@ def main():
     runs = {"razar": [], "ninja -j2": []}
     for _ in range(args.rounds):
         work = os.path.join(directory, "budget-run")
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(reference, work, symlinks=True)
-        os.sync()
-        command = [binary, "apply", "-c", "dag.yaml", "--until-ready", "--parallelism", "2"]
-        runs["razar"].append(split(record(command, work, data), os.path.basename(binary)[:15]))
-        for name in (".ninja_log", ".ninja_deps"):
-            try:
-                os.remove(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
+        ab_overhead.fresh_copy(reference, work)
+        samples = record([binary] + ab_overhead.APPLY, work, data)
+        runs["razar"].append(split(samples, os.path.basename(binary)[:15]))
+        ab_overhead.forget_ninja_log(directory)
         runs["ninja -j2"].append(split(record([shutil.which("ninja"), "-j2"], directory, data), "ninja"))
     os.remove(data)
     for runner, results in runs.items():

@@ -147,18 +147,11 @@ def main():
     for _ in range(args.rounds):
         for binary, reference in runners:
             work = os.path.join(directory, "trace-run")
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.copytree(reference, work, symlinks=True)
-            os.sync()
-            command = [binary, "apply", "-c", "dag.yaml", "--until-ready", "--parallelism", "2"]
-            events = trace(command, work, data)
+            ab_overhead.fresh_copy(reference, work)
+            events = trace([binary] + ab_overhead.APPLY, work, data)
             exe = os.environ.get("TRACE_EXE", os.path.basename(binary))
             results.setdefault(binary, []).append(measure(events, exe))
-        for name in (".ninja_log", ".ninja_deps"):
-            try:
-                os.remove(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
+        ab_overhead.forget_ninja_log(directory)
         ninja = shutil.which("ninja")
         events = trace([ninja, "-j2"], directory, data)
         results.setdefault("ninja -j2", []).append(measure(events, "ninja"))

@@ -731,11 +731,19 @@ fn compact_keeps_every_record_and_is_refused_while_an_apply_runs() {
     std::fs::create_dir_all(&leftover).expect("leftover");
     std::fs::write(leftover.join("junk"), b"x").expect("leftover file");
 
+    let inode = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(stack.state().join("db"))
+            .expect("db")
+            .ino()
+    };
+    let original = inode();
     let out = stack.ok(&["compact", "-c", "razar.yaml"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("compacted `"),
         "{out:?}"
     );
+    assert_ne!(inode(), original, "the copy took the database's place");
     assert!(!leftover.exists(), "the old copy and the leftover are gone");
     assert_eq!(history(), before, "the history reads the same");
     let status_after = stack.ok(&["status", "-c", "razar.yaml", "--json"]);

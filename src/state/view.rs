@@ -45,21 +45,26 @@ fn utf8(key: Vec<u8>) -> String {
 }
 
 /// Reads what the database holds. `recording`: for an apply, whose samples will need the
-/// history heads (kept in memory by the database, and read instead of the statistics tree).
+/// history heads (kept in memory by the database: read on a thread of their own while the
+/// apply plans, or first, to fill in a statistics tree an earlier razar left incomplete).
 pub(crate) fn load(db: &Db, recording: bool) -> Result<Loaded, StateError> {
     let run_seq = db.get::<u64>(Tree::Meta, b"run_seq")?;
     let run = match run_seq {
         Some(seq) => db.get::<RunRecord>(Tree::Runs, &seq.to_be_bytes())?,
         None => None,
     };
-    // The history (statistics, or for an apply the ring heads) is read on a second thread
-    // while this one reads the component and quarantine records.
+    // The history statistics are read on a second thread while this one reads the component
+    // and quarantine records.
     let stats_kept = db
         .get::<bool>(Tree::Meta, HISTORY_STATS_COMPLETE)?
         .unwrap_or(false);
     let (components, quarantine, history) = std::thread::scope(|scope| {
         let history = scope.spawn(|| {
-            if stats_kept && !recording {
+            if stats_kept {
+                // An apply's samples need the heads, read meanwhile on a thread of their own.
+                if recording {
+                    db.keep_heads_in_background()?;
+                }
                 db.all::<HistoryStats>(Tree::HistoryStats)
             } else {
                 db.all_history_stats(recording)

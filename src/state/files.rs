@@ -190,13 +190,12 @@ pub(crate) fn render_fragment<T: Serialize>(value: &T) -> Box<serde_json::value:
     serde_json::value::RawValue::from_string(text).expect("a serialised value is valid JSON")
 }
 
-/// The whole snapshot's text; `capacity`: about how long it will be (the last one's length),
-/// so its buffer is not grown and copied again and again.
-pub(crate) fn render_snapshot(snapshot: &RenderedSnapshot<'_>, capacity: usize) -> String {
-    let mut out = Vec::with_capacity(capacity + capacity / 8);
-    serde_json::to_writer_pretty(&mut out, snapshot).expect("the snapshot serialises: plain data");
+/// Renders the whole snapshot's text into `out`, replacing what it held: the last snapshot's
+/// buffer, so its memory is neither grown again nor faulted in afresh.
+pub(crate) fn render_snapshot(snapshot: &RenderedSnapshot<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    serde_json::to_writer_pretty(&mut *out, snapshot).expect("the snapshot serialises: plain data");
     out.push(b'\n');
-    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// Writes a file atomically (temp file, fsync, rename).
@@ -451,9 +450,11 @@ mod tests {
         let rendered = whole
             .clone()
             .with_entries(Rendered(&components), Rendered(&history));
-        // However far off the length it is told, the text is the same.
-        for capacity in [0, 10, expected.len(), 10 * expected.len()] {
-            assert_eq!(render_snapshot(&rendered, capacity), expected);
+        // Whatever the buffer held before, and however large, the text is the same.
+        for held in [0, 10, expected.len(), 10 * expected.len()] {
+            let mut out = vec![b'x'; held];
+            render_snapshot(&rendered, &mut out);
+            assert_eq!(String::from_utf8(out).expect("UTF-8"), expected);
         }
     }
 }

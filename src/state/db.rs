@@ -1774,10 +1774,10 @@ mod tests {
         assert_eq!(db.ring(b"t").expect("get"), Some(expected));
     }
 
-    #[test]
-    fn heads_kept_at_open_serve_the_next_sample_until_their_key_is_written() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let paths = Paths::new(tmp.path());
+    /// A database in `dir` whose rings `t` and `u` hold samples of 1, 2 and 3 ms, all in
+    /// sled, opened again.
+    fn two_rings_reopened(dir: &Path) -> Db {
+        let paths = Paths::new(dir);
         {
             let db = Db::open_patiently(&paths).expect("open");
             for ms in [1, 2, 3] {
@@ -1788,17 +1788,25 @@ mod tests {
             }
             db.checkpoint().expect("checkpoint");
         }
-        let db = Db::open_patiently(&paths).expect("reopen");
+        Db::open_patiently(&paths).expect("reopen")
+    }
+
+    /// The durations of the samples the ring of `key` keeps, oldest first.
+    fn durations(db: &Db, key: &[u8]) -> Vec<u64> {
+        let ring = db.ring(key).expect("get").expect("ring");
+        ring.samples.iter().map(|s| s.duration_ms).collect()
+    }
+
+    #[test]
+    fn heads_kept_at_open_serve_the_next_sample_until_their_key_is_written() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let db = two_rings_reopened(tmp.path());
         let stats = db.all_history_stats(true).expect("stats");
         assert_eq!(stats.len(), 2);
         assert_eq!(lock(&db.clean).len(), 2, "both heads kept");
 
         add_sample(&db, b"t", entry(4));
         assert!(!lock(&db.clean).contains_key(b"t".as_slice()), "taken");
-        let durations = |db: &Db, key: &[u8]| -> Vec<u64> {
-            let ring = db.ring(key).expect("get").expect("ring");
-            ring.samples.iter().map(|s| s.duration_ms).collect()
-        };
         assert_eq!(durations(&db, b"t"), [1, 2, 3, 4]);
 
         // A ring written as a whole replaces the kept head: the next sample builds on it.
@@ -1811,18 +1819,7 @@ mod tests {
     #[test]
     fn heads_read_in_the_background_serve_the_next_sample_and_never_outlive_a_write() {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let paths = Paths::new(tmp.path());
-        {
-            let db = Db::open_patiently(&paths).expect("open");
-            for ms in [1, 2, 3] {
-                let mut batch = Batch::default();
-                batch.sample(b"t", entry(ms));
-                batch.sample(b"u", entry(ms));
-                db.commit(batch).expect("commit");
-            }
-            db.checkpoint().expect("checkpoint");
-        }
-        let db = Db::open_patiently(&paths).expect("reopen");
+        let db = two_rings_reopened(tmp.path());
         db.keep_heads_in_background().expect("reader started");
 
         // A write to history waits for the reader first: the head it read for `u` is gone
@@ -1833,10 +1830,6 @@ mod tests {
         assert!(!lock(&db.clean).contains_key(b"u".as_slice()), "dropped");
         db.checkpoint().expect("checkpoint");
 
-        let durations = |db: &Db, key: &[u8]| -> Vec<u64> {
-            let ring = db.ring(key).expect("get").expect("ring");
-            ring.samples.iter().map(|s| s.duration_ms).collect()
-        };
         add_sample(&db, b"t", entry(4));
         assert!(!lock(&db.clean).contains_key(b"t".as_slice()), "taken");
         assert_eq!(durations(&db, b"t"), [1, 2, 3, 4]);

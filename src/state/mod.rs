@@ -81,12 +81,16 @@ pub enum StateError {
         pid: Option<u32>,
         role: Role,
     },
-    #[error("cannot use state directory `{}`", path.display())]
+    /// A file of the state directory (or the directory itself) cannot be read or written.
+    #[error("cannot use `{}` (razar's state)", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// The configured state directory is something else than a directory.
+    #[error("the state directory `{}` is not a directory; move that file away, or set `state_dir` in the configuration to a directory", path.display())]
+    NotADirectory { path: PathBuf },
     /// The database cannot be opened or written; razar left it as it was.
     #[error("state database `{}` cannot be used: {detail}; razar did not modify it (move it aside to start afresh: history and quarantine records would be lost)", path.display())]
     Database { path: PathBuf, detail: String },
@@ -135,6 +139,19 @@ fn known_text(known: &[String]) -> String {
 }
 
 impl StateError {
+    /// Refuses a state directory that exists as something else than a directory; `Ok(false)`
+    /// when it does not exist.
+    pub(crate) fn check_dir(dir: &Path) -> Result<bool, StateError> {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => Ok(true),
+            Ok(_) => Err(StateError::NotADirectory {
+                path: dir.to_path_buf(),
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(StateError::io(dir, err)),
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         StateError::Io {
             path: path.to_path_buf(),

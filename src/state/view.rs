@@ -215,18 +215,8 @@ pub(crate) fn exclusions(
 /// else from `razar_state.json`. A missing directory reads as empty.
 pub fn read(dir: &Path) -> Result<View, StateError> {
     let paths = Paths::new(dir);
-    match std::fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
-            return Err(StateError::io(
-                dir,
-                std::io::Error::other("not a directory"),
-            ));
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(View::empty(dir, None));
-        }
-        Err(err) => return Err(StateError::io(dir, err)),
+    if !StateError::check_dir(dir)? {
+        return Ok(View::empty(dir, None));
     }
     let mut apply = lock::holder(dir);
     if apply.is_none() && paths.db().exists() {

@@ -613,6 +613,40 @@ fn damaged_state_is_reported_with_the_file_and_left_alone() {
     assert!(out.stderr.contains("newer razar"), "{}", out.show());
 }
 
+#[test]
+fn a_state_directory_that_is_not_one_is_refused_with_what_to_do() {
+    let dir = Dir::new();
+    std::fs::write(dir.state(), "mine").expect("write");
+    for args in [
+        vec!["apply", "--until-ready"],
+        vec!["status"],
+        vec!["plan"],
+        vec!["down"],
+        vec!["compact"],
+    ] {
+        let out = dir.razar(&args);
+        assert_eq!(out.code, Some(1), "{args:?}: {}", out.show());
+        assert!(
+            out.stderr.contains("is not a directory") && out.stderr.contains("`state_dir`"),
+            "{args:?}: {}",
+            out.show()
+        );
+    }
+    assert_eq!(std::fs::read_to_string(dir.state()).expect("kept"), "mine");
+
+    // A state file that cannot be written is named as itself, and nothing starts.
+    std::fs::remove_file(dir.state()).expect("rm");
+    std::fs::create_dir_all(dir.state().join("razar_state.json")).expect("mkdir");
+    let out = dir.razar(&["apply", "--until-ready", "--json"]);
+    assert_eq!(out.code, Some(1), "{}", out.show());
+    assert!(
+        out.stderr.contains("razar_state.json") && !out.stderr.contains("panicked"),
+        "{}",
+        out.show()
+    );
+    assert!(!out.stdout.contains("\"spawned\""), "{}", out.show());
+}
+
 /// Reads lines from a child's stdout on a thread, so the test can wait with a deadline.
 fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
     let stdout = child.stdout.take().expect("piped stdout");

@@ -29,6 +29,20 @@ import time
 NODES = 2000
 
 
+def prepared_dir(directory):
+    """`directory` made absolute, created, and holding the DAG (written if either file is missing)."""
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    if not all(os.path.exists(os.path.join(directory, f)) for f in ("dag.yaml", "build.ninja")):
+        write_dag(directory)
+    return directory
+
+
+def require_perf():
+    if shutil.which("perf") is None:
+        sys.exit("perf is needed (Debian: linux-perf)")
+
+
 def write_dag(directory):
     """The overhead DAG of benches/exec.rs: same generator, same seed."""
     mask = (1 << 64) - 1
@@ -102,9 +116,7 @@ def main():
     parser.add_argument("--boots", type=int, default=100)
     parser.add_argument("runners", nargs="*", metavar="BIN=NAME", help="binary and the state directory it starts from")
     args = parser.parse_args()
-    os.makedirs(args.dir, exist_ok=True)
-    if not os.path.exists(os.path.join(args.dir, "dag.yaml")):
-        write_dag(args.dir)
+    args.dir = prepared_dir(args.dir)
 
     if args.make_state:
         binary, name = args.make_state.split("=", 1)

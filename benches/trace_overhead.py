@@ -133,11 +133,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("runners", nargs="+", metavar="BIN=REFDIR")
     args = parser.parse_args()
-    if shutil.which("perf") is None:
-        sys.exit("perf is needed (Debian: linux-perf)")
-    directory = os.path.abspath(args.dir)
-    if not os.path.exists(os.path.join(directory, "build.ninja")):
-        ab_overhead.write_dag(directory)
+    ab_overhead.require_perf()
+    directory = ab_overhead.prepared_dir(args.dir)
     runners = []
     for spec in args.runners:
         binary, _, reference = spec.partition("=")

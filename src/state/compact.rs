@@ -30,7 +30,7 @@ pub struct Compacted {
 /// refuses a database written by a newer razar.
 pub fn compact(state_dir: &Path) -> Result<Compacted, StateError> {
     let paths = Paths::new(state_dir);
-    StateError::check_dir(state_dir)?;
+    paths.dir_exists()?;
     let live = paths.db();
     if !live.is_dir() {
         return Err(StateError::NoDatabase { path: live });

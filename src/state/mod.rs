@@ -139,19 +139,6 @@ fn known_text(known: &[String]) -> String {
 }
 
 impl StateError {
-    /// Refuses a state directory that exists as something else than a directory; `Ok(false)`
-    /// when it does not exist.
-    pub(crate) fn check_dir(dir: &Path) -> Result<bool, StateError> {
-        match std::fs::metadata(dir) {
-            Ok(meta) if meta.is_dir() => Ok(true),
-            Ok(_) => Err(StateError::NotADirectory {
-                path: dir.to_path_buf(),
-            }),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(StateError::io(dir, err)),
-        }
-    }
-
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         StateError::Io {
             path: path.to_path_buf(),
@@ -180,6 +167,19 @@ pub struct Paths {
 impl Paths {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Paths { dir: dir.into() }
+    }
+
+    /// Whether the state directory exists; one that exists as something else than a
+    /// directory is refused ([`StateError::NotADirectory`]).
+    pub(crate) fn dir_exists(&self) -> Result<bool, StateError> {
+        match std::fs::metadata(&self.dir) {
+            Ok(meta) if meta.is_dir() => Ok(true),
+            Ok(_) => Err(StateError::NotADirectory {
+                path: self.dir.clone(),
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(StateError::io(&self.dir, err)),
+        }
     }
 
     pub fn db(&self) -> PathBuf {

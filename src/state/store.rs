@@ -408,7 +408,7 @@ impl Store {
     /// nobody asked.
     pub fn open_deferred(state_dir: &Path) -> Result<Store, StateError> {
         let paths = Paths::new(state_dir);
-        StateError::check_dir(&paths.dir)?;
+        paths.dir_exists()?;
         std::fs::create_dir_all(&paths.dir).map_err(|e| StateError::io(&paths.dir, e))?;
         let apply_lock = ApplyLock::acquire(&paths, Role::Apply)?;
         // The old snapshot is read on a second thread while this one opens the database.

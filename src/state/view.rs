@@ -215,7 +215,7 @@ pub(crate) fn exclusions(
 /// else from `razar_state.json`. A missing directory reads as empty.
 pub fn read(dir: &Path) -> Result<View, StateError> {
     let paths = Paths::new(dir);
-    if !StateError::check_dir(dir)? {
+    if !paths.dir_exists()? {
         return Ok(View::empty(dir, None));
     }
     let mut apply = lock::holder(dir);

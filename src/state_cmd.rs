@@ -288,58 +288,166 @@ fn last_lines(text: &[u8], n: usize) -> &[u8] {
     text
 }
 
-/// Prints what is appended to `path` until the output closes. When the executor rotates the
-/// log (renames it to `.log.1` and starts a new one), the rest of the old file is printed,
-/// then the new file from its start; a truncated file is read again from its start.
+/// Prints what is appended to `path` until the output closes.
 fn follow_file(
     path: &Path,
-    mut current: Option<std::fs::File>,
+    current: Option<std::fs::File>,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if let Some(file) = current.as_mut() {
-            loop {
-                let n = file.read(&mut buf).map_err(|source| Error::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                if n == 0 {
-                    break;
-                }
-                if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        let on_disk = std::fs::metadata(path).ok();
-        match (&mut current, on_disk) {
-            (None, Some(_)) => current = std::fs::File::open(path).ok(),
-            (Some(file), Some(meta)) => {
-                let open = file.metadata().map_err(|source| Error::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                let position = file.stream_position().unwrap_or(0);
-                if open.ino() != meta.ino() || open.dev() != meta.dev() {
-                    // Rotated: the old file was drained above; continue with the new one.
-                    current = std::fs::File::open(path).ok();
-                    continue;
-                }
-                if meta.len() < position {
-                    let _ = file.seek(SeekFrom::Start(0));
-                    continue;
-                }
-            }
-            (_, None) => {}
-        }
+    let mut follower = Follower::new(path, current);
+    while follower.step(out)? {
         std::thread::sleep(FOLLOW_POLL);
+    }
+    Ok(())
+}
+
+/// Follows one log file. When the executor rotates the log (copies it to `.log.1`, then
+/// truncates it), the rest of the copy is printed from where this left off, then the log from
+/// its start; a log truncated by someone else, or replaced by another file, is read from its
+/// start.
+struct Follower {
+    path: PathBuf,
+    current: Option<std::fs::File>,
+    rotations: razar::exec::RotationWatch,
+    buf: Vec<u8>,
+}
+
+impl Follower {
+    /// Follows `path` from the position of `current` (the log, opened before what was already
+    /// shown was read), or from the start of the log once it appears.
+    fn new(path: &Path, current: Option<std::fs::File>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            current,
+            rotations: razar::exec::RotationWatch::new(path),
+            buf: vec![0u8; 64 * 1024],
+        }
+    }
+
+    /// Prints what was appended since the last step; `false` once `out` is closed.
+    fn step(&mut self, out: &mut dyn Write) -> Result<bool, Error> {
+        loop {
+            if let Some(file) = self.current.as_mut() {
+                if self.rotations.rotated() {
+                    let position = file
+                        .stream_position()
+                        .map_err(|source| read_error(&self.path, source))?;
+                    if let Ok(mut copy) = std::fs::File::open(self.rotations.copy()) {
+                        copy.seek(SeekFrom::Start(position))
+                            .map_err(|source| read_error(self.rotations.copy(), source))?;
+                        if !copy_out(&mut copy, self.rotations.copy(), &mut self.buf, out)? {
+                            return Ok(false);
+                        }
+                    }
+                    file.seek(SeekFrom::Start(0))
+                        .map_err(|source| read_error(&self.path, source))?;
+                }
+                if !copy_out(file, &self.path, &mut self.buf, out)? {
+                    return Ok(false);
+                }
+            }
+            let on_disk = std::fs::metadata(&self.path).ok();
+            match (&mut self.current, on_disk) {
+                (None, Some(_)) => {
+                    self.current = std::fs::File::open(&self.path).ok();
+                    if self.current.is_some() {
+                        continue;
+                    }
+                }
+                (Some(file), Some(meta)) => {
+                    let open = file
+                        .metadata()
+                        .map_err(|source| read_error(&self.path, source))?;
+                    if open.ino() != meta.ino() || open.dev() != meta.dev() {
+                        // Replaced: the old file was drained above; go on with the new one.
+                        self.current = std::fs::File::open(&self.path).ok();
+                        continue;
+                    }
+                    if self.rotations.pending() {
+                        continue;
+                    }
+                    let position = file.stream_position().unwrap_or(0);
+                    if meta.len() < position {
+                        let _ = file.seek(SeekFrom::Start(0));
+                        continue;
+                    }
+                }
+                (_, None) => {}
+            }
+            return Ok(true);
+        }
+    }
+}
+
+fn read_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Copies `file` from its position to its end into `out`; `false` once `out` is closed.
+fn copy_out(
+    file: &mut std::fs::File,
+    path: &Path,
+    buf: &mut [u8],
+    out: &mut dyn Write,
+) -> Result<bool, Error> {
+    loop {
+        let n = file.read(buf).map_err(|source| read_error(path, source))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+            return Ok(false);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn following_a_log_across_rotations_skips_nothing() {
+        use std::fs::OpenOptions;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("chatty.log");
+        let copy = dir.path().join("chatty.log.1");
+        let mut writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open");
+        // As the executor rotates: a fresh copy renamed over `.log.1`, then the truncation.
+        let rotate = |writer: &std::fs::File| {
+            let tmp = dir.path().join(".chatty.log.1.tmp");
+            std::fs::copy(&log, &tmp).expect("copy");
+            std::fs::rename(&tmp, &copy).expect("rename");
+            writer.set_len(0).expect("truncate");
+        };
+        let mut expected = String::new();
+        let mut write = |writer: &mut std::fs::File, range: std::ops::Range<usize>| {
+            for i in range {
+                let line = format!("line {i}\n");
+                writer.write_all(line.as_bytes()).expect("write");
+                expected.push_str(&line);
+            }
+        };
+        let mut follower = Follower::new(&log, std::fs::File::open(&log).ok());
+        let mut out = Vec::new();
+        write(&mut writer, 0..10);
+        assert!(follower.step(&mut out).expect("step"));
+        // Unread lines at each rotation, and the log grows past the follower's position
+        // before it looks again.
+        for round in 1..4 {
+            write(&mut writer, round * 1000..round * 1000 + 100);
+            rotate(&writer);
+            write(&mut writer, round * 1000 + 100..round * 1000 + 300);
+            assert!(follower.step(&mut out).expect("step"));
+        }
+        assert_eq!(String::from_utf8(out).expect("utf-8"), expected);
+    }
 
     #[test]
     fn last_lines_counts_from_the_end() {

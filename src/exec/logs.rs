@@ -165,47 +165,154 @@ fn clip(line: &str) -> String {
     format!("{}…", &line[..end])
 }
 
-/// Reads the complete lines appended to a file since the last call.
+/// Notices the rotations of one log. A rotation copies the log to a new `<name>.log.1` (a
+/// temporary file renamed over the old copy) before truncating it, so a `.log.1` that is
+/// another file than at the last look means the log was rotated meanwhile, and that copy
+/// holds the end of what a reader of the log had not read yet (from the reader's offset up to
+/// the copy, as the log was just before its truncation).
+#[derive(Debug)]
+pub struct RotationWatch {
+    rotated: PathBuf,
+    seen: Option<Identity>,
+}
+
+/// A file's device, inode and change time: a rotated copy is a new file each time (its inode
+/// may be one an older copy had, its change time is not).
+type Identity = (u64, u64, i64, i64);
+
+impl RotationWatch {
+    /// Watches the rotations of `log` from now on.
+    pub fn new(log: &Path) -> Self {
+        let mut name = log.file_name().unwrap_or_default().to_owned();
+        name.push(".1");
+        let rotated = log.with_file_name(name);
+        let seen = identity(&rotated);
+        Self { rotated, seen }
+    }
+
+    /// Whether the log was rotated since the last call (or since [`RotationWatch::new`]).
+    pub fn rotated(&mut self) -> bool {
+        let now = identity(&self.rotated);
+        let changed = now.is_some() && now != self.seen;
+        self.seen = now;
+        changed
+    }
+
+    /// Whether [`RotationWatch::rotated`] would say so now (without taking note of it).
+    pub fn pending(&self) -> bool {
+        let now = identity(&self.rotated);
+        now.is_some() && now != self.seen
+    }
+
+    /// The rotated copy: `<log>.1`.
+    pub fn copy(&self) -> &Path {
+        &self.rotated
+    }
+}
+
+/// The [`Identity`] of the file at `path`, if there is one.
+fn identity(path: &Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// Reads the complete lines appended to a log since the last call, across its rotations.
 #[derive(Debug)]
 pub struct LineReader {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
+    rotations: RotationWatch,
+    /// Reading the rotated copy (at `offset`) before going on with the log from its start.
+    in_copy: bool,
 }
+
+/// Most bytes one [`LineReader::read_lines`] call reads, so a chatty component never stalls
+/// its caller.
+const READ_CHUNK: u64 = 1 << 20;
 
 impl LineReader {
     pub fn new(path: PathBuf, offset: u64) -> Self {
+        let rotations = RotationWatch::new(&path);
         Self {
             path,
             offset,
             partial: Vec::new(),
+            rotations,
+            in_copy: false,
         }
     }
 
-    /// New complete lines (a trailing partial line waits for its newline). A file that
-    /// shrank was rotated: reading restarts at its beginning.
+    /// New complete lines (a trailing partial line waits for its newline). When the log was
+    /// rotated, the rest of the rotated copy comes first (from where this reader was), then
+    /// the log from its start; a log that shrank without a rotation (truncated by someone
+    /// else) is read again from its start.
     pub fn read_lines(&mut self) -> io::Result<Vec<String>> {
+        self.note_rotation();
+        let mut budget = READ_CHUNK;
+        if self.in_copy {
+            let copy = self.rotations.copy().to_path_buf();
+            let (read, at_end) = match File::open(&copy) {
+                Ok(mut file) => self.read_from(&mut file, budget)?,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => (0, true),
+                Err(err) => return Err(err),
+            };
+            budget -= read;
+            if !at_end {
+                return Ok(self.complete_lines());
+            }
+            self.in_copy = false;
+            self.offset = 0;
+        }
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(self.complete_lines()),
             Err(err) => return Err(err),
         };
-        let len = file.metadata()?.len();
-        if len < self.offset {
+        if file.metadata()?.len() < self.offset {
+            // Rotated between the look above and now (the copy is renamed into place before
+            // the log is truncated), or truncated by someone else.
+            self.note_rotation();
+            if self.in_copy {
+                return self.read_lines();
+            }
             self.offset = 0;
             self.partial.clear();
         }
-        if len == self.offset {
-            return Ok(Vec::new());
+        self.read_from(&mut file, budget)?;
+        Ok(self.complete_lines())
+    }
+
+    /// Turns to the rotated copy if the log was rotated since the last look: at the same
+    /// offset while reading the log (the copy is the log as it was), from its start while
+    /// already in an older copy (the new copy holds everything logged since that one).
+    fn note_rotation(&mut self) {
+        if self.rotations.rotated() {
+            if self.in_copy {
+                self.offset = 0;
+            }
+            self.in_copy = true;
+        }
+    }
+
+    /// Reads up to `budget` bytes of `file` from the offset into the partial line; returns
+    /// how many, and whether that reached the end of the file.
+    fn read_from(&mut self, file: &mut File, budget: u64) -> io::Result<(u64, bool)> {
+        let len = file.metadata()?.len();
+        if len <= self.offset {
+            return Ok((0, true));
         }
         file.seek(SeekFrom::Start(self.offset))?;
-        // At most 1 MiB per call keeps a chatty component from stalling the caller.
-        let mut bytes = Vec::new();
-        let read = file
-            .take((len - self.offset).min(1 << 20))
-            .read_to_end(&mut bytes)?;
-        self.offset += read as u64;
-        self.partial.extend_from_slice(&bytes);
+        let want = (len - self.offset).min(budget);
+        let read = file.take(want).read_to_end(&mut self.partial)? as u64;
+        self.offset += read;
+        Ok((read, self.offset >= len))
+    }
+
+    /// The complete lines in the partial buffer, which keeps the unfinished rest.
+    fn complete_lines(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
         let mut start = 0;
         for (i, &b) in self.partial.iter().enumerate() {
@@ -220,7 +327,7 @@ impl LineReader {
             lines.push(clip(&String::from_utf8_lossy(&self.partial)));
             self.partial.clear();
         }
-        Ok(lines)
+        lines
     }
 }
 
@@ -309,6 +416,38 @@ mod tests {
             reader.read_lines().expect("read"),
             vec!["hello world", "second"]
         );
+        file.set_len(0).expect("truncate");
+        writeln!(file, "fresh").expect("write");
+        assert_eq!(reader.read_lines().expect("read"), vec!["fresh"]);
+    }
+
+    #[test]
+    fn a_reader_behind_a_rotation_reads_the_rest_of_the_copy_then_the_new_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = Logs::new(dir.path(), 1024);
+        let (mut file, offset) = logs.open_attempt("chatty", "header").expect("open");
+        let mut reader = LineReader::new(logs.path("chatty"), offset);
+        let mut expected = Vec::new();
+        let mut write = |file: &mut File, range: std::ops::Range<usize>| {
+            for i in range {
+                writeln!(file, "line {i}").expect("write");
+                expected.push(format!("line {i}"));
+            }
+        };
+        write(&mut file, 0..10);
+        let mut got = reader.read_lines().expect("read");
+        // Unread lines are in the log when it is rotated; then the log grows past the
+        // reader's old offset before the reader looks again (its length alone would not show
+        // the rotation).
+        write(&mut file, 10..200);
+        assert!(logs.rotate_if_needed("chatty").expect("rotate"));
+        write(&mut file, 200..300);
+        assert!(logs.len("chatty") > reader.offset);
+        got.extend(reader.read_lines().expect("read"));
+        write(&mut file, 300..310);
+        got.extend(reader.read_lines().expect("read"));
+        assert_eq!(got, expected);
+        // A truncation by someone else (no new copy) is read again from the start.
         file.set_len(0).expect("truncate");
         writeln!(file, "fresh").expect("write");
         assert_eq!(reader.read_lines().expect("read"), vec!["fresh"]);

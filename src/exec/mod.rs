@@ -30,6 +30,7 @@ pub(crate) mod sys;
 
 pub use event::{Event, EventKind, ExitInfo, Outcome, Sink};
 pub use logs::DEFAULT_MAX_BYTES as DEFAULT_LOG_MAX_BYTES;
+pub use logs::RotationWatch;
 pub use signal::{CancelReason, Shutdown};
 pub use sys::Tagged;
 

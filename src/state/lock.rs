@@ -3,9 +3,10 @@
 //! `<state_dir>/razar.lock` is locked with `flock(LOCK_EX)`, which the kernel releases when the
 //! holder dies, so a lock file left by a killed razar never blocks the next apply. The file
 //! also names the holder (`pid start_time`, then `compact` for `razar compact`) for the
-//! refusal message and for readers, which never take the lock (they would block an apply that
+//! refusal message and for readers, which never hold the lock (they would block an apply that
 //! starts at that moment): a reader trusts the named pid only while that exact process (pid and
-//! start time) is alive.
+//! start time) is alive and the file is locked, which it tries with a shared lock for an
+//! instant (an apply starting then finds its lock refused with no holder named, and retries).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -111,7 +112,8 @@ impl Drop for ApplyLock {
 
 fn read_holder(path: &Path) -> Option<Holder> {
     let mut text = String::new();
-    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    let mut file = File::open(path).ok()?;
+    file.read_to_string(&mut text).ok()?;
     let mut fields = text.split_whitespace();
     let pid: u32 = fields.next()?.parse().ok()?;
     let start_time = fields.next().and_then(|s| s.parse().ok());
@@ -119,11 +121,29 @@ fn read_holder(path: &Path) -> Option<Holder> {
         Some("compact") => Role::Compact,
         _ => Role::Apply,
     };
-    proc::process_alive(pid, start_time).then_some(Holder {
+    (proc::process_alive(pid, start_time) && locked(&file)).then_some(Holder {
         pid,
         start_time,
         role,
     })
+}
+
+/// Whether some process holds `file`'s lock. The file only names the holder: a live process
+/// it names may hold nothing (the name was left by a holder that could not empty the file, or
+/// the file was copied with its state directory, or written by hand), and signalling it would
+/// hit a process that has nothing to do with this directory. Tried with a shared lock, which
+/// an exclusive holder refuses; taken for an instant only, and only when the file names a live
+/// process. Where locks cannot be tried (`flock` failing otherwise), the name is trusted.
+fn locked(file: &File) -> bool {
+    // SAFETY: flock on a file descriptor `file` owns; the lock (if granted) goes with it.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc != 0 {
+        // Refused (EWOULDBLOCK: held), or locks cannot be tried here: trust the name.
+        return true;
+    }
+    // SAFETY: as above; releases the shared lock this call just took.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+    false
 }
 
 /// The live process holding the apply lock of `dir`, if any. Never creates or locks anything.
@@ -151,6 +171,19 @@ mod tests {
         assert_eq!(holder(dir.path()), None);
         let again = ApplyLock::acquire(&paths, Role::Apply).expect("lock is free after release");
         drop(again);
+    }
+
+    #[test]
+    fn a_live_process_named_in_the_file_without_the_lock_is_no_holder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(dir.path());
+        let me = std::process::id();
+        let line = format!("{me} {}\n", proc::start_time(me).expect("start time"));
+        std::fs::write(paths.lock(), &line).expect("write");
+        assert_eq!(holder(dir.path()), None);
+        let lock = ApplyLock::acquire(&paths, Role::Apply).expect("lock");
+        assert_eq!(holder(dir.path()).map(|h| h.pid), Some(me));
+        drop(lock);
     }
 
     #[test]

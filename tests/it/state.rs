@@ -481,6 +481,32 @@ fn a_stale_lock_file_does_not_block_writers() {
 }
 
 #[test]
+fn a_lock_file_naming_a_live_process_that_holds_no_lock_is_not_trusted() {
+    let dir = Dir::new();
+    drop(Store::open(&dir.state()).expect("open"));
+    // A live process named in the file (with or without its start time) that holds no lock
+    // on it: written by hand, or copied along with the state directory of a running apply.
+    let bystander = Proc::sleep();
+    let pid = bystander.pid();
+    for line in [format!("{pid} {}\n", start_time(pid)), format!("{pid}\n")] {
+        std::fs::write(dir.state().join("razar.lock"), &line).expect("lock file");
+        let status = dir.razar(&["status", "--json"]).json();
+        assert_eq!(status["apply"]["running"], false, "{line}");
+        let out = dir.razar(&["down"]);
+        assert_eq!(out.code, Some(0), "{line}: {}", out.show());
+        assert!(
+            !out.stdout.contains(&pid.to_string()),
+            "{line}: {}",
+            out.show()
+        );
+        assert!(
+            razar::exec::process_alive(pid, Some(start_time(pid))),
+            "{line}: razar down signalled a process holding no lock"
+        );
+    }
+}
+
+#[test]
 fn history_shows_learned_durations_and_feeds_the_plan() {
     let dir = Dir::new();
     let db = Proc::sleep();

@@ -163,10 +163,15 @@ impl Diagnostics {
             .with_wrap_lines(false);
         let mut out = String::new();
         for problem in self.problems() {
-            let report = Rendered {
-                problem,
-                source: self.sources.get(&problem.path).cloned(),
-            };
+            // A snippet of a very long line (minified JSON, a generated one-line flow mapping)
+            // would be unreadable, and miette cannot draw columns past 65,535: the problem is
+            // shown by its `file:line:col` alone.
+            let source = self
+                .sources
+                .get(&problem.path)
+                .filter(|text| !spans_a_long_line(text, problem.span))
+                .cloned();
+            let report = Rendered { problem, source };
             if handler.render_report(&mut out, &report).is_err() {
                 out.push_str(&format!("error: {problem}\n"));
             }
@@ -190,6 +195,23 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// Longest source line shown in a snippet, in bytes.
+const SNIPPET_LINE_MAX: usize = 1000;
+
+/// Whether the span starts or ends on a line of `text` longer than [`SNIPPET_LINE_MAX`].
+fn spans_a_long_line(text: &str, span: Option<(usize, usize)>) -> bool {
+    let Some((offset, len)) = span else {
+        return false;
+    };
+    let long = |at: usize| {
+        let at = floor_char_boundary(text, at.min(text.len()));
+        let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        end - start > SNIPPET_LINE_MAX
+    };
+    long(offset) || long(offset.saturating_add(len))
+}
 
 /// Adapter presenting one [`Problem`] to miette.
 struct Rendered<'a> {
@@ -287,6 +309,29 @@ mod tests {
         let offset = offset_of(text, 2, 3);
         assert_eq!(&text[offset..offset + 1], ":");
         assert_eq!(line_col(text, offset), (2, 3));
+    }
+
+    #[test]
+    fn a_problem_on_a_very_long_line_is_shown_by_its_location_alone() {
+        let path = Path::new("minified.json");
+        // Past column 65,535 miette's drawing panics; past 1,000 bytes a snippet is noise.
+        let text = format!("{{\"a\": \"{}\", \"comand\": 1}}\n", "é".repeat(40_000));
+        let at = text.find("comand").expect("key");
+        let mut diags = Diagnostics::new();
+        diags.add_source(path, Arc::from(text.as_str()));
+        diags.push(Problem::at_offset(
+            path,
+            &text,
+            at,
+            8,
+            "unknown key `comand`",
+        ));
+        let out = diags.render(false);
+        assert!(
+            out.contains("minified.json:1:40012: unknown key `comand`"),
+            "{out}"
+        );
+        assert!(out.len() < 1000, "{}", out.len());
     }
 
     #[test]

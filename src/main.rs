@@ -2,7 +2,7 @@
 //! and map the outcome to an exit code in one place.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -201,6 +201,7 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
                 source,
             })?;
             if let Some(path) = &out {
+                refuse_overwriting_a_source(path, &plan.sources)?;
                 razar::error::write_atomic(path, plan.to_json(&base).as_bytes())?;
             }
             let written = match format {
@@ -335,4 +336,24 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
     }
     finish_stdout(stdout.flush())?;
     Ok(Outcome::Success)
+}
+
+/// Refuses `-o PATH` when it is one of the configuration files the plan was made from: the
+/// plan would replace the configuration it needs (and a saved plan is refused once its
+/// configuration changed).
+fn refuse_overwriting_a_source(path: &Path, sources: &[PathBuf]) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    for source in sources {
+        if std::fs::metadata(source).is_ok_and(|s| s.dev() == out.dev() && s.ino() == out.ino()) {
+            return Err(Error::Usage(format!(
+                "`-o {}` is the configuration file `{}` itself: write the plan to another file (e.g. `-o plan.json`)",
+                path.display(),
+                source.display()
+            )));
+        }
+    }
+    Ok(())
 }

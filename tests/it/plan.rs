@@ -311,6 +311,22 @@ fn out_writes_the_plan_file_with_a_content_hash_of_the_inputs() {
 }
 
 #[test]
+fn out_refuses_to_overwrite_a_configuration_file() {
+    let sandbox = Sandbox::with(&["good/every_field.yaml"]);
+    let before = sandbox.read("every_field.yaml");
+    for out in ["every_field.yaml", "./every_field.yaml"] {
+        let output = sandbox.run(&["plan", "-c", "every_field.yaml", "-o", out]);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("is the configuration file `every_field.yaml` itself"),
+            "{}",
+            stderr(&output)
+        );
+        assert_eq!(sandbox.read("every_field.yaml"), before);
+    }
+}
+
+#[test]
 fn a_plan_made_elsewhere_keeps_absolute_paths() {
     let sandbox = Sandbox::with(&["good/every_field.yaml"]);
     let elsewhere = Sandbox::new();

@@ -15,13 +15,24 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = trimmed.parse::<f64>() {
         return from_secs(secs);
     }
-    humantime::parse_duration(trimmed)
-        .map_err(|_| format!("`{trimmed}` is not a duration; write e.g. `500ms`, `10s` or `2m`"))
+    let duration = humantime::parse_duration(trimmed)
+        .map_err(|_| format!("`{trimmed}` is not a duration; write e.g. `500ms`, `10s` or `2m`"))?;
+    if duration >= MAX {
+        return Err(format!(
+            "`{trimmed}` is longer than razar accepts: durations are below {}s (about 31 years)",
+            MAX.as_secs()
+        ));
+    }
+    Ok(duration)
 }
+
+/// Durations are below this (~31 years): far beyond any timeout or backoff, and small enough
+/// that no clock or deadline arithmetic on them can overflow.
+pub const MAX: Duration = Duration::from_secs(1_000_000_000);
 
 /// Converts a JSON/YAML number of seconds into a duration.
 pub fn from_secs(secs: f64) -> Result<Duration, String> {
-    if secs.is_finite() && (0.0..1e9).contains(&secs) {
+    if secs.is_finite() && (0.0..MAX.as_secs_f64()).contains(&secs) {
         Ok(Duration::from_secs_f64(secs))
     } else {
         Err(format!(
@@ -67,6 +78,15 @@ mod tests {
         assert!(err.contains("`ten seconds` is not a duration"), "{err}");
         assert!(parse("-1").is_err());
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn refuses_durations_no_clock_can_add() {
+        let err = parse("500000000000y").unwrap_err();
+        assert!(err.contains("longer than razar accepts"), "{err}");
+        assert!(parse("1000000000s").is_err());
+        assert!(parse("1000000000").is_err());
+        assert_eq!(parse("30y"), Ok(Duration::from_secs(946_728_000)));
     }
 
     #[test]

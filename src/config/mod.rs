@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod abzu;
+pub mod address;
 mod blueprint;
 pub mod document;
 mod load;

@@ -703,6 +703,12 @@ fn probe(ctx: &mut Ctx, pointer: &str, raw: RawProbe) -> Option<Probe> {
                 format!("tcp probe `{addr}` has no port"),
                 Some("write host:port, e.g. 127.0.0.1:6379"),
             );
+        } else if let Err(err) = super::address::host_port(&addr) {
+            ctx.problem(
+                &format!("{pointer}/tcp"),
+                format!("tcp probe: {err}"),
+                Some("write host:port with a port from 1 to 65535, e.g. 127.0.0.1:6379"),
+            );
         }
         checks.push(ProbeCheck::Tcp(addr));
     }
@@ -712,6 +718,12 @@ fn probe(ctx: &mut Ctx, pointer: &str, raw: RawProbe) -> Option<Probe> {
                 &format!("{pointer}/http"),
                 format!("http probe `{url}` is not an http:// URL"),
                 Some("probes speak plain HTTP on the local machine, e.g. http://127.0.0.1:8000/health"),
+            );
+        } else if let Err(err) = super::address::http_url(&url) {
+            ctx.problem(
+                &format!("{pointer}/http"),
+                format!("http probe: {err}"),
+                Some("write http://host[:port]/path with a port from 1 to 65535, e.g. http://127.0.0.1:8000/health"),
             );
         }
         checks.push(ProbeCheck::Http(url));

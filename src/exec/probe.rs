@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::logs::LineReader;
+use crate::config::address::{Target, host_port, http_url};
 use crate::config::{Probe, ProbeCheck};
 
 /// The floor of the polling pause for in-process probes (a tcp check costs about 40 µs).
@@ -62,23 +63,6 @@ pub struct Context {
     pub predicted: Option<Duration>,
 }
 
-/// A host and port to connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    host: String,
-    port: u16,
-}
-
-impl Target {
-    fn label(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
 #[derive(Debug)]
 enum Check {
     Tcp(Target),
@@ -114,9 +98,9 @@ impl Prober {
     /// run (an unparsable address or regex), which `exec::check` reports before any spawn.
     pub fn new(probe: &Probe, context: Context, spawned: Instant) -> Result<Self, String> {
         let check = match &probe.check {
-            ProbeCheck::Tcp(address) => Check::Tcp(parse_host_port(address)?),
+            ProbeCheck::Tcp(address) => Check::Tcp(host_port(address)?),
             ProbeCheck::Http(url) => {
-                let (target, authority, path) = parse_http_url(url)?;
+                let (target, authority, path) = http_url(url)?;
                 Check::Http {
                     target,
                     authority,
@@ -315,65 +299,11 @@ impl Drop for GroupGuard {
     }
 }
 
-/// `host:port` (IPv6 in brackets).
-fn parse_host_port(address: &str) -> Result<Target, String> {
-    let bad = || format!("`{address}` is not host:port (e.g. 127.0.0.1:6379)");
-    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
-        let (host, rest) = rest.split_once(']').ok_or_else(bad)?;
-        (host, rest.strip_prefix(':').ok_or_else(bad)?)
-    } else {
-        address.rsplit_once(':').ok_or_else(bad)?
-    };
-    if host.is_empty() {
-        return Err(bad());
-    }
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if port == 0 {
-        return Err(bad());
-    }
-    Ok(Target {
-        host: host.to_owned(),
-        port,
-    })
-}
-
-/// `http://host[:port][/path]` → connect target, Host header, request path.
-fn parse_http_url(url: &str) -> Result<(Target, String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("`{url}` is not an http:// URL (https is not supported)"))?;
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_owned()),
-        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-        None => (rest, "/".to_owned()),
-    };
-    let path = path.split('#').next().unwrap_or("/").to_owned();
-    if authority.is_empty() || authority.contains('@') {
-        return Err(format!("`{url}` has no usable host"));
-    }
-    let has_port = match authority.rfind(']') {
-        Some(close) => authority[close..].contains(':'),
-        None => authority.contains(':'),
-    };
-    let target = if has_port {
-        parse_host_port(authority)?
-    } else {
-        Target {
-            host: authority
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port: 80,
-        }
-    };
-    Ok((target, authority.to_owned(), path))
-}
-
 /// Checks that a probe can run at all (address, URL and regex syntax).
 pub fn validate(probe: &Probe) -> Result<(), String> {
     match &probe.check {
-        ProbeCheck::Tcp(address) => parse_host_port(address).map(|_| ()),
-        ProbeCheck::Http(url) => parse_http_url(url).map(|_| ()),
+        ProbeCheck::Tcp(address) => host_port(address).map(|_| ()),
+        ProbeCheck::Http(url) => http_url(url).map(|_| ()),
         ProbeCheck::Exec(command) => {
             let argv = command.argv();
             if argv.first().is_none_or(|a| a.is_empty()) {
@@ -399,31 +329,6 @@ mod tests {
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(5),
         }
-    }
-
-    #[test]
-    fn addresses_and_urls_parse() {
-        assert_eq!(
-            parse_host_port("127.0.0.1:80"),
-            Ok(Target {
-                host: "127.0.0.1".into(),
-                port: 80
-            })
-        );
-        assert_eq!(
-            parse_host_port("[::1]:9000").map(|t| t.host),
-            Ok("::1".into())
-        );
-        assert!(parse_host_port("localhost").is_err());
-        assert!(parse_host_port("host:0").is_err());
-        let (target, authority, path) =
-            parse_http_url("http://127.0.0.1:8000/health?x=1").expect("url");
-        assert_eq!(target.port, 8000);
-        assert_eq!(authority, "127.0.0.1:8000");
-        assert_eq!(path, "/health?x=1");
-        let (target, _, path) = parse_http_url("http://example.local").expect("url");
-        assert_eq!((target.port, path.as_str()), (80, "/"));
-        assert!(parse_http_url("https://x/").is_err());
     }
 
     #[tokio::test]

@@ -147,6 +147,21 @@ const CASES: &[Case] = &[
         "tcp probe `localhost` has no port",
         Some(5),
     ),
+    case(
+        "bad/tcp_port_out_of_range.yaml",
+        "tcp probe: `127.0.0.1:99999` is not host:port",
+        Some(5),
+    ),
+    case(
+        "bad/http_without_host.yaml",
+        "http probe: `:80` is not host:port",
+        Some(6),
+    ),
+    case(
+        "bad/huge_duration.yaml",
+        "`500000000000y` is longer than razar accepts",
+        Some(7),
+    ),
     case("bad/https_probe.yaml", "is not an http:// URL", Some(6)),
     case("bad/bad_log_regex.yaml", "invalid log regex", Some(6)),
     case(

@@ -322,6 +322,18 @@ fn cell(text: &str) -> String {
 }
 
 /// Appends one row to `quarantine_log.md`, creating it with ABZU's header when missing.
+/// Fails as appending a row to `quarantine_log.md` would (the file is created if missing and
+/// left as it is otherwise), so a change that must be logged can check first.
+pub(crate) fn check_log_writable(paths: &Paths) -> Result<(), StateError> {
+    let path = paths.quarantine_log();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map(drop)
+        .map_err(|err| StateError::io(&path, err))
+}
+
 pub(crate) fn append_log_row(
     paths: &Paths,
     timestamp: &str,

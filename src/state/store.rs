@@ -619,18 +619,27 @@ impl Store {
             });
         };
         let at = now();
+        // The files first, so a release that fails has changed nothing the next run would
+        // undo: the log must take a row, and the record file must go (a file left behind would
+        // bring the quarantine back at the next apply). A failure after the file is gone
+        // leaves the database's record, which rewrites the file at the next apply.
+        files::check_log_writable(&board.paths)?;
+        files::remove_quarantine(&board.paths, name)?;
         let mut batch = Batch::default();
         batch.remove(Tree::Quarantine, name.as_bytes());
-        if let Some(rec) = live.loaded.components.get_mut(name) {
+        let mut component = live.loaded.components.get(name).cloned();
+        if let Some(rec) = component.as_mut() {
             rec.status = Status::Waiting;
             rec.reason = Some(format!("released from quarantine at {at}"));
             rec.updated_at = at.clone();
             batch.put(Tree::Components, name.as_bytes(), rec);
-            live.dirty.components.insert(name.to_owned());
         }
         db.commit(batch)?;
+        if let Some(rec) = component {
+            live.loaded.components.insert(name.to_owned(), rec);
+            live.dirty.components.insert(name.to_owned());
+        }
         live.loaded.quarantine.remove(name);
-        files::remove_quarantine(&board.paths, name)?;
         let details = match note {
             Some(note) if !note.trim().is_empty() => format!("released: {note}"),
             _ => "released by the operator".to_owned(),

@@ -460,6 +460,57 @@ fn quarantine_list_show_release_and_the_next_plan() {
 }
 
 #[test]
+fn a_release_that_cannot_update_the_files_changes_nothing() {
+    let dir = Dir::new();
+    let db = Proc::sleep();
+    let cron = Proc::sleep();
+    {
+        let store = Store::open(&dir.state()).expect("open");
+        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
+        finish(&store, &dir);
+    }
+    let record = dir.state().join("quarantine/api.json");
+    let log = dir.state().join("quarantine_log.md");
+    let log_before = std::fs::read_to_string(&log).expect("log");
+    let still_quarantined = |why: &str| {
+        let out = dir.razar(&["quarantine", "release", "api", "--note", "fixed"]);
+        assert_eq!(out.code, Some(1), "{why}: {}", out.show());
+        let list = dir.razar(&["quarantine", "list"]);
+        assert!(
+            list.stdout.lines().any(|l| l.starts_with("api ")),
+            "{why}: {}",
+            list.show()
+        );
+        let status = dir.razar(&["status", "--json"]).json();
+        assert_eq!(row(&status, "api")["status"], "quarantined", "{why}");
+    };
+    // The log cannot take the row: nothing else is touched.
+    std::fs::rename(&log, dir.path().join("log.md")).expect("move the log");
+    std::fs::create_dir(&log).expect("a directory where the log goes");
+    still_quarantined("log is a directory");
+    assert!(record.is_file(), "the record file stays");
+    std::fs::remove_dir(&log).expect("rmdir");
+    std::fs::rename(dir.path().join("log.md"), &log).expect("restore the log");
+    // The record file cannot be removed: the database keeps the quarantine and the log has
+    // no `resolved` row.
+    let saved = std::fs::read(&record).expect("record");
+    std::fs::remove_file(&record).expect("rm");
+    std::fs::create_dir(&record).expect("a directory where the record goes");
+    still_quarantined("record is a directory");
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), log_before);
+    std::fs::remove_dir(&record).expect("rmdir");
+    std::fs::write(&record, saved).expect("restore the record");
+    let out = dir.razar(&["quarantine", "release", "api", "--note", "fixed"]);
+    assert_eq!(out.code, Some(0), "{}", out.show());
+    assert!(!record.exists());
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        log.contains("| api | resolved | released: fixed |"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_stale_lock_file_does_not_block_writers() {
     let dir = Dir::new();
     let db = Proc::sleep();

@@ -374,6 +374,9 @@ pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
     if let Some(holder) = holder {
         return stop_apply(holder, &mut reporter);
     }
+    if !crate::state::Paths::new(&plan.state_dir).dir_exists()? {
+        return down_without_state(&plan, &mut reporter);
+    }
     let store = match Store::open(&plan.state_dir) {
         Ok(store) => store,
         // An apply started between the two looks: ask it to stop instead. (A compaction that
@@ -428,6 +431,36 @@ pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
         });
     }
     store.close()?;
+    if stopped == 0 {
+        reporter.note(&format!(
+            "nothing of `{}` is running",
+            plan.state_dir.display()
+        ));
+    }
+    Ok(Outcome::Success)
+}
+
+/// `razar down` for a state directory that does not exist (never created, or removed while its
+/// stack ran): stops the processes that still carry its environment, records nothing, and
+/// creates nothing (a mistyped `state_dir` leaves no empty state behind).
+fn down_without_state(plan: &Plan, reporter: &mut Reporter) -> Result<Outcome, Error> {
+    let stopped = if exec::leftovers(&plan.state_dir).is_empty() {
+        0
+    } else {
+        let shutdown = Shutdown::new();
+        let no_groups = BTreeMap::new();
+        runtime()?
+            .block_on(async {
+                let listener = exec::signal::Listener::install()?;
+                tokio::select! {
+                    stopped = exec::stop_leftovers(plan, &no_groups, &shutdown, reporter) => {
+                        Ok::<_, std::io::Error>(stopped)
+                    }
+                    never = listener.listen(shutdown.clone()) => match never {},
+                }
+            })
+            .map_err(|err| Error::Usage(format!("cannot install the signal handlers: {err}")))?
+    };
     if stopped == 0 {
         reporter.note(&format!(
             "nothing of `{}` is running",

@@ -649,6 +649,40 @@ fn reading_commands_never_create_the_state_dir() {
 }
 
 #[test]
+fn down_creates_no_state_dir_and_still_stops_what_carries_its_environment() {
+    let dir = Dir::new();
+    let out = dir.razar(&["down"]);
+    assert_eq!(out.code, Some(0), "{}", out.show());
+    assert!(out.stdout.contains("is running"), "{}", out.show());
+    assert!(
+        !dir.state().exists(),
+        "razar down created {:?}",
+        dir.state()
+    );
+    // The state directory was removed while a component ran: its process is still found by
+    // the environment razar gave it.
+    let mut cron = Command::new("sleep")
+        .arg("300")
+        .env("RAZAR_STATE_DIR", dir.state())
+        .env("RAZAR_COMPONENT", "cron")
+        .spawn()
+        .expect("sleep runs");
+    let out = dir.razar(&["down"]);
+    assert_eq!(out.code, Some(0), "{}", out.show());
+    assert!(out.stdout.contains("cron"), "{}", out.show());
+    let status = cron.wait().expect("reaped");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGTERM)
+    );
+    assert!(
+        !dir.state().exists(),
+        "razar down created {:?}",
+        dir.state()
+    );
+}
+
+#[test]
 fn logs_of_a_component_with_no_output_yet_says_so() {
     let dir = Dir::new();
     let logs = dir.state().join("logs");

@@ -1612,6 +1612,10 @@ impl<'a> Run<'a> {
             return;
         }
         let forced = self.forced();
+        // The processes carrying this state directory's environment, looked up once for the
+        // components this call stops: a process that left its component's group (`setsid`)
+        // is stopped with it, as `razar down` and the next apply's check would find it.
+        let mut tagged: Option<Vec<sys::Tagged>> = None;
         // quiet[i]: neither i nor anything depending on it has a live process.
         let mut quiet = vec![true; self.nodes.len()];
         for pos in (0..self.topo.len()).rev() {
@@ -1624,29 +1628,48 @@ impl<'a> Run<'a> {
             if live.stopping || live.gone.is_some() {
                 continue;
             }
+            let pgid = live.pgid;
             if forced || deps_quiet {
                 // A completed task that left processes behind stays completed (resume must
                 // not run it again): its leftovers are ended without a stop of its own.
                 if !matches!(self.nodes[i].state, State::Cleanup | State::Completed) {
                     self.nodes[i].state = State::Stopping;
                 }
-                self.start_stop_task(i, true);
+                let tagged =
+                    tagged.get_or_insert_with(|| sys::tagged_processes(&self.plan.state_dir));
+                let strays = strays_in(tagged, &self.plan.steps[i].name, pgid);
+                self.start_stop_task_with(i, true, strays);
             }
         }
     }
 
     fn strays(&self, idx: usize, pgid: u32) -> Vec<u32> {
-        let name = &self.step(idx).name;
-        sys::tagged_processes(&self.plan.state_dir)
-            .into_iter()
-            .filter(|t| &t.component == name && i64::from(t.pgrp) != i64::from(pgid))
-            .map(|t| t.pid)
-            .collect()
+        strays_in(
+            &sys::tagged_processes(&self.plan.state_dir),
+            &self.step(idx).name,
+            pgid,
+        )
     }
 
     /// Spawns the task that empties the component's group. `graceful`: the shutdown's stop
     /// (stop command, stop signal, grace); otherwise an attempt's cleanup (stop signal, grace).
+    /// Processes of a daemonizing component outside its group are stopped with it.
     fn start_stop_task(&mut self, idx: usize, graceful: bool) {
+        let pgid = self.nodes[idx]
+            .live
+            .as_ref()
+            .expect("stopping a live process")
+            .pgid;
+        let strays = if self.step(idx).daemonizes {
+            self.strays(idx, pgid)
+        } else {
+            Vec::new()
+        };
+        self.start_stop_task_with(idx, graceful, strays);
+    }
+
+    /// [`Run::start_stop_task`] with the component's processes outside its group given.
+    fn start_stop_task_with(&mut self, idx: usize, graceful: bool, strays: Vec<u32>) {
         let step = self.step(idx);
         let forced = self.forced();
         let pgid = {
@@ -1658,11 +1681,6 @@ impl<'a> Run<'a> {
             live.pgid
         };
         let serial = self.nodes[idx].serial;
-        let strays = if step.daemonizes {
-            self.strays(idx, pgid)
-        } else {
-            Vec::new()
-        };
         let is_shutdown = graceful && self.nodes[idx].state == State::Stopping;
         if is_shutdown {
             self.emit(EventKind::Stopping {
@@ -1918,6 +1936,15 @@ impl<'a> Run<'a> {
             }
         }
     }
+}
+
+/// The processes of `tagged` that carry `component`'s environment outside its group `pgid`.
+fn strays_in(tagged: &[sys::Tagged], component: &str, pgid: u32) -> Vec<u32> {
+    tagged
+        .iter()
+        .filter(|t| t.component == component && i64::from(t.pgrp) != i64::from(pgid))
+        .map(|t| t.pid)
+        .collect()
 }
 
 /// The predicted time to ready, when it comes from history (polling is densest around it).

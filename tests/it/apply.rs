@@ -508,6 +508,21 @@ fn until_ready_with_keep_running_leaves_the_stack_up_for_razar_down() {
 }
 
 #[test]
+fn the_stop_also_ends_processes_that_left_their_component_group() {
+    // `setsid` puts the child in a session and group of its own: the group's SIGTERM misses
+    // it, the environment razar gave the component still names it.
+    let stack = Stack::new(
+        "components:\n  - {name: forker, command: \"setsid sleep 311 & exec sleep 310\"}\n",
+    );
+    let run = stack.apply(&["--until-ready"]).finish();
+    assert_eq!(run.code(), Some(0), "{}", run.show());
+    let left = razar::exec::leftovers(&stack.state());
+    assert!(left.is_empty(), "still running: {left:?}");
+    let again = stack.apply(&["--until-ready"]).finish();
+    assert_eq!(again.code(), Some(0), "{}", again.show());
+}
+
+#[test]
 fn a_saved_plan_runs_as_saved_and_is_refused_once_stale() {
     let stack = Stack::new(
         "components:\n  - name: hello\n    kind: task\n    command: \"echo hello > hello.txt\"\n    cwd: .\n",

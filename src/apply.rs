@@ -333,15 +333,38 @@ pub(crate) fn refuse_leftovers(plan: &Plan) -> Result<(), Error> {
     if leftovers.is_empty() {
         return Ok(());
     }
-    let mut names: Vec<String> = leftovers
+    let planned = |name: &str| {
+        plan.steps.iter().any(|s| s.name == name) || plan.excluded.iter().any(|e| e.name == name)
+    };
+    // A plan made for some targets does not know the rest of the configuration.
+    let (kept, dropped): (Vec<_>, Vec<_>) = leftovers
         .iter()
-        .map(|t| format!("{} (pid {})", t.component, t.pid))
-        .collect();
-    names.dedup();
-    Err(Error::Usage(format!(
-        "components of an earlier run of `{}` are still running: {}; `razar apply --resume` adopts them, `razar down` stops them",
-        plan.state_dir.display(),
+        .partition(|t| !plan.targets.is_empty() || planned(&t.component));
+    let list = |tagged: &[&exec::Tagged]| {
+        let mut names: Vec<String> = tagged
+            .iter()
+            .map(|t| format!("{} (pid {})", t.component, t.pid))
+            .collect();
+        names.dedup();
         names.join(", ")
+    };
+    let mut advice = Vec::new();
+    if !kept.is_empty() {
+        advice.push(format!(
+            "{}: `razar apply --resume` adopts them, `razar down` stops them",
+            list(&kept)
+        ));
+    }
+    if !dropped.is_empty() {
+        advice.push(format!(
+            "{}, which the configuration no longer declares: `razar down` (or `razar apply --resume`) stops them",
+            list(&dropped)
+        ));
+    }
+    Err(Error::Usage(format!(
+        "components of an earlier run of `{}` are still running: {}",
+        plan.state_dir.display(),
+        advice.join("; ")
     )))
 }
 

@@ -1725,6 +1725,43 @@ impl<'a> Run<'a> {
 
     // ---- resume -------------------------------------------------------------------------
 
+    /// Starts stopping what an earlier run left of `name` (its recorded `group`, and the
+    /// processes of `tagged` carrying its environment outside it) before anything starts.
+    fn clean_up(
+        &mut self,
+        cleanup: &mut JoinSet<(String, bool)>,
+        tagged: &[sys::Tagged],
+        name: String,
+        group: Option<u32>,
+        signal: String,
+        grace: Duration,
+    ) {
+        let strays: Vec<u32> = tagged
+            .iter()
+            .filter(|t| {
+                t.component == name && group.is_none_or(|g| i64::from(t.pgrp) != i64::from(g))
+            })
+            .map(|t| t.pid)
+            .collect();
+        if group.is_none() && strays.is_empty() {
+            return;
+        }
+        self.emit(EventKind::Stopping {
+            component: name.clone(),
+            signal: signal.clone(),
+        });
+        let spec = process::StopSpec {
+            pgid: group.unwrap_or(0),
+            strays,
+            signal: sys::signal_number(&signal).unwrap_or(libc::SIGTERM),
+            grace,
+            command: None,
+            kill_now: false,
+        };
+        let force = self.shutdown.forced();
+        cleanup.spawn(async move { (name, process::stop(spec, force).await) });
+    }
+
     /// Re-adopts what an earlier run left running (identity and probe checked), skips
     /// completed tasks, and clears out everything else of the earlier run before starting.
     async fn resume(&mut self) {
@@ -1854,45 +1891,40 @@ impl<'a> Run<'a> {
                 continue;
             }
             let step = self.step(idx);
-            let group = identified.get(&idx).map(|&(_, pgid)| pgid).or_else(|| {
-                let prior = self.options.priors.get(&step.name)?;
-                let pgid = prior.pgid.or(prior.pid)?;
-                // Only a group whose leader is gone, or is still the recorded process, is
-                // ours: a reused pid leading another group must not be signalled.
-                let leader_ours = match (prior.pid, prior.start_time) {
-                    (Some(pid), Some(start)) if pid == pgid => {
-                        !sys::process_exists(pid) || sys::same_process(pid, start)
-                    }
-                    _ => !sys::process_exists(pgid),
-                };
-                (leader_ours && sys::group_alive(pgid)).then_some(pgid)
-            });
-            let strays: Vec<u32> = tagged
-                .iter()
-                .filter(|t| {
-                    t.component == step.name
-                        && group.is_none_or(|g| i64::from(t.pgrp) != i64::from(g))
-                })
-                .map(|t| t.pid)
-                .collect();
-            if group.is_none() && strays.is_empty() {
-                continue;
-            }
-            self.emit(EventKind::Stopping {
-                component: step.name.clone(),
-                signal: step.stop.signal.clone(),
-            });
-            let spec = process::StopSpec {
-                pgid: group.unwrap_or(0),
-                strays,
-                signal: sys::signal_number(&step.stop.signal).unwrap_or(libc::SIGTERM),
-                grace: step.stop.grace,
-                command: None,
-                kill_now: false,
-            };
-            let force = self.shutdown.forced();
+            let group = identified
+                .get(&idx)
+                .map(|&(_, pgid)| pgid)
+                .or_else(|| self.options.priors.get(&step.name).and_then(recorded_group));
+            let (signal, grace) = (step.stop.signal.clone(), step.stop.grace);
             let name = step.name.clone();
-            cleanup.spawn(async move { (name, process::stop(spec, force).await) });
+            self.clean_up(&mut cleanup, &tagged, name, group, signal, grace);
+        }
+        // Components the configuration no longer declares (neither a step nor left out of a
+        // plan made for all of it) can never be adopted: what they left running is stopped
+        // too, with the defaults `razar down` uses for them. A plan for some targets does not
+        // know the rest of the configuration: their processes are left to a later resume.
+        if self.plan.targets.is_empty() {
+            let known: BTreeSet<&str> = self
+                .plan
+                .steps
+                .iter()
+                .map(|s| s.name.as_str())
+                .chain(self.plan.excluded.iter().map(|e| e.name.as_str()))
+                .collect();
+            let gone: BTreeSet<String> = self
+                .options
+                .priors
+                .iter()
+                .filter(|(_, p)| p.status == PriorStatus::Running)
+                .map(|(name, _)| name.clone())
+                .chain(tagged.iter().map(|t| t.component.clone()))
+                .filter(|name| !known.contains(name.as_str()))
+                .collect();
+            for name in gone {
+                let group = self.options.priors.get(&name).and_then(recorded_group);
+                let grace = crate::config::default_stop().grace;
+                self.clean_up(&mut cleanup, &tagged, name, group, "SIGTERM".into(), grace);
+            }
         }
         while let Some(joined) = cleanup.join_next().await {
             if let Ok((component, forced)) = joined {
@@ -1936,6 +1968,20 @@ impl<'a> Run<'a> {
             }
         }
     }
+}
+
+/// The process group a prior run recorded for a component, if it still has members and is
+/// ours: only a group whose leader is gone, or is still the recorded process, is (a reused pid
+/// leading another group must not be signalled).
+fn recorded_group(prior: &Prior) -> Option<u32> {
+    let pgid = prior.pgid.or(prior.pid)?;
+    let leader_ours = match (prior.pid, prior.start_time) {
+        (Some(pid), Some(start)) if pid == pgid => {
+            !sys::process_exists(pid) || sys::same_process(pid, start)
+        }
+        _ => !sys::process_exists(pgid),
+    };
+    (leader_ours && sys::group_alive(pgid)).then_some(pgid)
 }
 
 /// The processes of `tagged` that carry `component`'s environment outside its group `pgid`.

@@ -139,3 +139,49 @@ fn resume_after_sigkill_adopts_skips_and_starts_without_running_anything_twice()
         );
     }
 }
+
+#[test]
+fn resume_stops_what_the_configuration_no_longer_declares() {
+    let stack = Stack::new(
+        "components:\n  - {name: keep, command: [sleep, \"321\"]}\n  - {name: removed, command: [sleep, \"322\"]}\n",
+    );
+    let first = stack.apply(&["--until-ready", "--keep-running"]).finish();
+    assert_eq!(first.code(), Some(0), "{}", first.show());
+    let keep = pid_of(&first.events, "keep");
+    let removed = pid_of(&first.events, "removed");
+    stack.write_config(
+        "components:\n  - {name: keep, command: [sleep, \"321\"]}\n  - {name: added, command: [sleep, \"323\"]}\n",
+    );
+    // A fresh apply is refused, with advice that works for each leftover.
+    let refused = stack.run(&["apply", "-c", "razar.yaml", "--until-ready"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "keep (pid {keep}): `razar apply --resume` adopts them"
+        )) && stderr.contains(&format!(
+            "removed (pid {removed}), which the configuration no longer declares"
+        )),
+        "{stderr}"
+    );
+    let resumed = stack
+        .apply(&["--resume", "--until-ready", "--keep-running"])
+        .finish();
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.show());
+    assert_eq!(pid_of(&resumed.events, "keep"), keep, "keep is adopted");
+    assert!(
+        resumed
+            .events
+            .iter()
+            .any(|e| is("stopped", "removed")(&e.kind)),
+        "{}",
+        resumed.show()
+    );
+    assert!(!alive(removed), "removed still runs");
+    assert!(processes_of(&stack, "removed").is_empty());
+    assert_eq!(processes_of(&stack, "added").len(), 1);
+    let down = stack.run(&["down", "-c", "razar.yaml"]);
+    assert_eq!(down.status.code(), Some(0));
+    assert!(processes_of(&stack, "keep").is_empty());
+    assert!(processes_of(&stack, "added").is_empty());
+}

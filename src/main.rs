@@ -78,7 +78,14 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(std::io::stderr().is_terminal()))
         .try_init();
+}
+
+/// Whether output to a stream that `is_terminal` (or not) gets colours: only on a terminal,
+/// and never with `NO_COLOR` set (https://no-color.org).
+fn colour(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The one place outcomes and errors become exit codes (see `razar --help`).
@@ -88,7 +95,7 @@ fn exit_for(result: Result<Outcome, Error>) -> ExitCode {
         Ok(Outcome::Failed) => ExitCode::from(1),
         Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(Error::Invalid(diags)) => {
-            eprint!("{}", diags.render(std::io::stderr().is_terminal()));
+            eprint!("{}", diags.render(colour(std::io::stderr().is_terminal())));
             ExitCode::from(2)
         }
         Err(Error::Usage(message)) => {

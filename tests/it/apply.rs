@@ -523,6 +523,21 @@ fn the_stop_also_ends_processes_that_left_their_component_group() {
 }
 
 #[test]
+fn log_lines_on_a_stderr_that_is_no_terminal_carry_no_colour_codes() {
+    let stack = Stack::new("components:\n  - {name: job, kind: task, command: [\"true\"]}\n");
+    let out = stack
+        .command(&["apply", "-c", "razar.yaml", "--until-ready"])
+        .env("RAZAR_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("razar runs");
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DEBUG"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr}");
+}
+
+#[test]
 fn a_saved_plan_runs_as_saved_and_is_refused_once_stale() {
     let stack = Stack::new(
         "components:\n  - name: hello\n    kind: task\n    command: \"echo hello > hello.txt\"\n    cwd: .\n",

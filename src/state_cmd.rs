@@ -217,8 +217,18 @@ pub fn logs(
     let rotated = paths.rotated_log_file(name);
     // An empty log counts as none: a new log directory gets its files created ahead of the
     // components that write them.
-    let log_size = std::fs::metadata(&log).map(|m| m.len()).ok();
-    if log_size.unwrap_or(0) == 0 && !rotated.exists() {
+    // Only a log that is not there is "no output yet"; any other failure (no permission, a
+    // file where the log directory goes) is an error naming the file.
+    let absent = |path: &Path| -> Result<Option<std::fs::Metadata>, Error> {
+        match std::fs::metadata(path) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(read_error(path, source)),
+        }
+    };
+    let log_size = absent(&log)?.map(|m| m.len());
+    let rotated_exists = absent(&rotated)?.is_some();
+    if log_size.unwrap_or(0) == 0 && !rotated_exists {
         if let Some(graph) = &target.graph
             && graph.index_of(name).is_none()
         {
@@ -242,9 +252,13 @@ pub fn logs(
         }
     }
     // Open before reading, so nothing written in between is missed when following.
-    let mut current = std::fs::File::open(&log).ok();
+    let mut current = match std::fs::File::open(&log) {
+        Ok(file) => Some(file),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(read_error(&log, source)),
+    };
     let mut text = Vec::new();
-    if rotated.exists() {
+    if rotated_exists {
         text.extend(read_all(&rotated)?);
     }
     if let Some(file) = current.as_mut() {

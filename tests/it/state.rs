@@ -683,6 +683,23 @@ fn down_creates_no_state_dir_and_still_stops_what_carries_its_environment() {
 }
 
 #[test]
+fn logs_that_cannot_be_read_are_an_error_naming_the_file() {
+    let dir = Dir::new();
+    drop(Store::open(&dir.state()).expect("open"));
+    let logs = dir.state().join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::write(&logs, "not a directory").expect("a file where the logs go");
+    let out = dir.razar(&["logs", "db"]);
+    assert_eq!(out.code, Some(1), "{}", out.show());
+    assert!(
+        out.stderr
+            .contains(&format!("cannot read `{}`", logs.join("db.log").display())),
+        "{}",
+        out.show()
+    );
+}
+
+#[test]
 fn logs_of_a_component_with_no_output_yet_says_so() {
     let dir = Dir::new();
     let logs = dir.state().join("logs");

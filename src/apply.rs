@@ -290,6 +290,10 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
     });
     // The reporter finishes its last line when dropped.
     drop(sinks);
+    // Nothing runs on the runtime any more. A probe's host name lookup may still be in flight
+    // on its blocking pool (getaddrinfo waits up to the resolver's timeout, 5 s by default):
+    // dropping the runtime would wait for it, after "run finished" was printed.
+    runtime.shutdown_background();
     if let Some(failure) = store.failure() {
         return Err(Error::Write {
             path: plan.state_dir.clone(),

@@ -2,6 +2,7 @@
 //! defaults and resolving everything into a [`Config`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,13 +150,33 @@ fn read(path: &Path, diags: &mut Diagnostics) -> Option<Text> {
         );
         return None;
     }
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            diags.push(Problem::file(path, format!("cannot read config: {err}")));
-            return None;
-        }
-    };
+    // Read at most one byte past the limit: a pipe or a device (`-c /dev/stdin`) has no size
+    // to check beforehand.
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
+    if let Err(err) = read {
+        diags.push(Problem::file(path, format!("cannot read config: {err}")));
+        return None;
+    }
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        diags.push(
+            Problem::file(
+                path,
+                format!(
+                    "config is over {} MiB; razar reads files up to {} MiB",
+                    MAX_FILE_BYTES / (1024 * 1024),
+                    MAX_FILE_BYTES / (1024 * 1024)
+                ),
+            )
+            .with_hint("split the components over several files and pass each with -c"),
+        );
+        return None;
+    }
+    // A UTF-8 byte order mark (some Windows editors write one) is not part of the text.
+    if bytes.starts_with(b"\xef\xbb\xbf") {
+        bytes.drain(..3);
+    }
     match String::from_utf8(bytes) {
         Ok(text) if text.trim().is_empty() => {
             diags.push(

@@ -227,3 +227,35 @@ fn completions_are_generated_for_each_shell() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_config() {
+    let sandbox = Sandbox::new();
+    let yaml = "version: 1\ncomponents:\n  - {name: a, kind: task, command: \"true\"}\n";
+    let json = r#"{"components": [{"name": "a", "kind": "task", "command": "true"}]}"#;
+    for (name, text) in [("bom.yaml", yaml), ("bom.json", json)] {
+        let mut bytes = b"\xef\xbb\xbf".to_vec();
+        bytes.extend_from_slice(text.as_bytes());
+        sandbox.write(name, bytes);
+        assert_eq!(
+            validate_ok(&sandbox, &["-c", name]),
+            "ok: 1 component, 0 dependencies\n"
+        );
+    }
+}
+
+#[test]
+fn a_config_streamed_past_the_size_limit_is_refused() {
+    // A pipe has no size to check beforehand: it is read up to the limit, not to the end.
+    let output = razar()
+        .args(["validate", "-c", "/dev/stdin"])
+        .write_stdin(vec![b'#'; 65 * 1024 * 1024])
+        .output()
+        .expect("razar runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("config is over 64 MiB"),
+        "{}",
+        stderr(&output)
+    );
+}

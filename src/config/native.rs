@@ -348,7 +348,46 @@ impl Ctx {
             );
             return None;
         }
+        let nul = match &command {
+            Command::Argv(argv) => argv.iter().any(|a| a.contains('\0')),
+            Command::Shell(script) => script.contains('\0'),
+        };
+        if nul {
+            self.problem(
+                pointer,
+                "command contains a NUL byte, which no program can be given".to_owned(),
+                None,
+            );
+            return None;
+        }
         Some(command)
+    }
+
+    /// Environment variables as `KEY=VALUE` can carry them: a name that is empty or holds `=`
+    /// or a NUL byte, or a value with a NUL byte, is a problem.
+    fn env(&mut self, raw: BTreeMap<String, RawScalar>) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for (key, RawScalar(value)) in raw {
+            let pointer = format!("/env/{}", key.replace('~', "~0").replace('/', "~1"));
+            if key.is_empty() || key.contains(['=', '\0']) {
+                self.problem(
+                    &pointer,
+                    format!("`{key}` cannot be an environment variable name"),
+                    Some("names are non-empty, without `=` or NUL bytes, e.g. `REDIS_URL`"),
+                );
+            } else if value.contains('\0') {
+                self.problem(
+                    &pointer,
+                    format!(
+                        "the value of `{key}` contains a NUL byte, which no environment can carry"
+                    ),
+                    None,
+                );
+            } else {
+                env.insert(key, value);
+            }
+        }
+        env
     }
 
     /// A restart policy: the fields `raw` sets, the rest from `base` (the file's defaults).
@@ -680,7 +719,7 @@ fn component(
         ready,
         restart: ctx.restart("/restart", c.restart, base_restart),
         stop: ctx.stop("/stop", c.stop, base_stop),
-        env: c.env.into_iter().map(|(k, RawScalar(v))| (k, v)).collect(),
+        env: ctx.env(c.env),
         cwd: c.cwd.map(Into::into),
         layer: c.layer,
         tests: ctx.command("/tests", c.tests),

@@ -162,6 +162,16 @@ const CASES: &[Case] = &[
         "`500000000000y` is longer than razar accepts",
         Some(7),
     ),
+    case(
+        "bad/env_name_with_equals.yaml",
+        "`A=B` cannot be an environment variable name",
+        Some(7),
+    ),
+    case(
+        "bad/nul_in_command.yaml",
+        "command contains a NUL byte",
+        Some(4),
+    ),
     case("bad/https_probe.yaml", "is not an http:// URL", Some(6)),
     case("bad/bad_log_regex.yaml", "invalid log regex", Some(6)),
     case(

@@ -238,6 +238,9 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
     }
     // Dependency indices already added for the current component (lists are short).
     let mut seen: Vec<usize> = Vec::new();
+    for component in &config.components {
+        diags.extend(check_kind(&config, component));
+    }
     for (i, component) in config.components.iter().enumerate() {
         seen.clear();
         for (k, dep) in component.depends_on.iter().enumerate() {
@@ -296,6 +299,46 @@ pub fn compile(config: Config) -> Result<Graph, Diagnostics> {
         topo,
         waves,
     })
+}
+
+/// Fields a task with a command would never use: a readiness probe (a task is up once it
+/// exits 0) and `restart: always` (it would never complete). A milestone runs nothing, so
+/// neither applies to it either.
+fn check_kind(config: &Config, component: &Component) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if component.kind != Kind::Task || component.command.is_none() {
+        return problems;
+    }
+    let at = |field: &str, message: String| {
+        config::problem_at(config, &component.origin, field, message)
+    };
+    if component.ready.is_some() {
+        problems.push(
+            at(
+                "/ready",
+                format!(
+                    "task `{}` has a readiness probe, which a task never uses: it is up once it exits 0",
+                    component.name
+                ),
+            )
+            .with_hint("remove `ready`, or declare the component with `kind: service`"),
+        );
+    }
+    if component.restart.policy == config::RestartMode::Always {
+        problems.push(
+            at(
+                "/restart/policy",
+                format!(
+                    "task `{}` has `restart: always`, so it could never complete",
+                    component.name
+                ),
+            )
+            .with_hint(
+                "use `on-failure` (or `never`), or declare the component with `kind: service`",
+            ),
+        );
+    }
+    problems
 }
 
 /// The problem with the k-th dependency of `component`, if any: a self-dependency, an

@@ -172,6 +172,16 @@ const CASES: &[Case] = &[
         "command contains a NUL byte",
         Some(4),
     ),
+    case(
+        "bad/task_with_probe.yaml",
+        "task `migrate` has a readiness probe, which a task never uses",
+        Some(6),
+    ),
+    case(
+        "bad/task_restart_always.yaml",
+        "task `migrate` has `restart: always`, so it could never complete",
+        Some(7),
+    ),
     case("bad/https_probe.yaml", "is not an http:// URL", Some(6)),
     case("bad/bad_log_regex.yaml", "invalid log regex", Some(6)),
     case(

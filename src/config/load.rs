@@ -637,6 +637,28 @@ fn merge(
     // `Merged` allocation (grown by doubling) alive for the config's lifetime.
     let mut components: Vec<Component> = Vec::with_capacity(merged.len());
     for m in merged {
+        // With razar_env.yaml layers given, a layer none of them declares is a mistake (the
+        // component would run without any environment); with none given, layers are not
+        // known and not checked.
+        if !layers.is_empty()
+            && let Some(layer) = &m.decl.layer
+            && !layers.contains_key(layer)
+            && let Some(source) = sources.iter().find(|s| s.path == m.decl.origin.file)
+        {
+            let known: Vec<&str> = layers.keys().map(String::as_str).collect();
+            diags.push(
+                problem_in(
+                    source,
+                    &m.decl.origin,
+                    "/layer",
+                    format!(
+                        "`{}` runs in layer `{layer}`, which no razar_env.yaml given declares",
+                        m.decl.name
+                    ),
+                )
+                .with_hint(format!("the layers declared are: {}", known.join(", "))),
+            );
+        }
         components.push(resolve(m, &canonical, &layers, &state_dir));
     }
     let by_name = components

@@ -423,6 +423,26 @@ fn a_cycle_names_every_member_and_an_edge_that_breaks_it() {
 }
 
 #[test]
+fn a_layer_no_razar_env_yaml_given_declares_is_refused() {
+    let sandbox = Sandbox::with(&["abzu/razar_env.yaml"]);
+    sandbox.write(
+        "app.yaml",
+        "version: 1\ncomponents:\n  - {name: x, command: \"true\", layer: nosuch}\n",
+    );
+    let output = sandbox.run(&["validate", "-c", "app.yaml", "-c", "razar_env.yaml"]);
+    assert_bad_input(&output);
+    let err = stderr(&output);
+    assert!(
+        err.contains("app.yaml:3:") && err.contains("`x` runs in layer `nosuch`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the layers declared are: crown, inanna, razar"),
+        "{err}"
+    );
+}
+
+#[test]
 fn conflicting_files_are_both_named_with_their_lines() {
     let sandbox = Sandbox::new();
     sandbox.copy(&fixture("bad/conflict/base.yaml"), "base.yaml".as_ref());

@@ -195,25 +195,30 @@ pub fn render_gantt_mermaid(plan: &Plan) -> String {
     let mut out = String::from(
         "gantt\n    title razar boot plan (predicted)\n    dateFormat x\n    axisFormat %S.%Ls\n",
     );
-    let mut wave = usize::MAX;
-    for step in &plan.steps {
-        if step.wave != wave {
-            wave = step.wave;
-            let _ = writeln!(out, "    section wave {wave}");
+    // One section per wave (steps in plan order within it: the plan's order interleaves
+    // waves), and each task's id its position in the plan: names differing only in `.`,
+    // `-` and `_` would make the same id.
+    let mut by_wave: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, step) in plan.steps.iter().enumerate() {
+        by_wave.entry(step.wave).or_default().push(i);
+    }
+    for (wave, steps) in by_wave {
+        let _ = writeln!(out, "    section wave {wave}");
+        for i in steps {
+            let step = &plan.steps[i];
+            let critical = if plan.timeline.critical_path.contains(&step.name) {
+                "crit, "
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "    {} :{critical}s{i}, {}, {}",
+                step.name.replace(':', "_"),
+                step.predicted_start_ms,
+                step.predicted_ready_ms.max(step.predicted_start_ms + 1)
+            );
         }
-        let critical = if plan.timeline.critical_path.contains(&step.name) {
-            "crit, "
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            out,
-            "    {} :{critical}{}, {}, {}",
-            step.name.replace(':', "_"),
-            step.name.replace(['.', '-'], "_"),
-            step.predicted_start_ms,
-            step.predicted_ready_ms.max(step.predicted_start_ms + 1)
-        );
     }
     out
 }

@@ -237,10 +237,32 @@ fn graphs_render_as_dot_and_mermaid() {
         &["-c", "every_field.yaml", "--format", "mermaid-gantt"],
     );
     assert!(gantt.starts_with("gantt\n"), "{gantt}");
-    assert!(
-        gantt.contains("    redis :crit, redis, 0, 150\n"),
-        "{gantt}"
+    assert!(gantt.contains("    redis :crit, s0, 0, 150\n"), "{gantt}");
+}
+
+#[test]
+fn the_mermaid_gantt_has_one_section_per_wave_and_distinct_task_ids() {
+    let sandbox = Sandbox::new();
+    // Names that differ only in `.`, `-` and `_`; `late` (wave 0, low priority) is planned
+    // after `next` (wave 1).
+    sandbox.write(
+        "razar.yaml",
+        "version: 1\nparallelism: 1\ncomponents:\n  - {name: a.b, kind: task, command: \"true\"}\n  - {name: a-b, kind: task, command: \"true\"}\n  - {name: a_b, kind: task, command: \"true\"}\n  - {name: next, kind: task, command: \"true\", depends_on: [a.b]}\n  - {name: late, kind: task, command: \"true\", priority: 9}\n",
     );
+    let gantt = plan_ok(&sandbox, &["--format", "mermaid-gantt"]);
+    for wave in ["    section wave 0\n", "    section wave 1\n"] {
+        assert_eq!(gantt.matches(wave).count(), 1, "{gantt}");
+    }
+    let ids: std::collections::BTreeSet<&str> = gantt
+        .lines()
+        .filter_map(|l| {
+            l.split_once(" :")?
+                .1
+                .split(", ")
+                .find(|f| f.starts_with('s'))
+        })
+        .collect();
+    assert_eq!(ids.len(), 5, "{gantt}");
 }
 
 #[test]

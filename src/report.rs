@@ -675,7 +675,7 @@ fn describe(event: &Event, width: usize, screen: &Screen, live: bool) -> Vec<Str
             forced,
         } => {
             let how = match (exit, forced) {
-                (_, true) => "killed (SIGKILL) after the grace period".to_owned(),
+                (_, true) => "killed (SIGKILL)".to_owned(),
                 (Some(exit), false) => exit_text(exit),
                 (None, false) => String::new(),
             };

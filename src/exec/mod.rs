@@ -1578,8 +1578,25 @@ impl<'a> Run<'a> {
             self.interrupted = true;
         }
         let first = self.stopping.is_none();
+        let was_forced = self.forced();
         if self.stopping.is_none_or(|r| r < reason) {
             self.stopping = Some(reason);
+        }
+        if self.forced() && !was_forced {
+            // Stops already under way are cut short: their groups get SIGKILL now, not at
+            // the end of their grace period.
+            for idx in 0..self.nodes.len() {
+                if self.nodes[idx]
+                    .live
+                    .as_ref()
+                    .is_some_and(|l| l.stopping && l.gone.is_none())
+                {
+                    self.emit(EventKind::Stopping {
+                        component: self.step(idx).name.clone(),
+                        signal: "SIGKILL".to_owned(),
+                    });
+                }
+            }
         }
         if first {
             // Nothing new starts: pending and backing-off components stay down. One waiting

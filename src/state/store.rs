@@ -1544,7 +1544,7 @@ fn note_of(kind: &EventKind) -> (&'static str, Option<String>) {
         EventKind::Stopped { exit, forced, .. } => (
             "stopped",
             Some(match (exit, forced) {
-                (_, true) => "killed after the grace period".to_owned(),
+                (_, true) => "killed (SIGKILL)".to_owned(),
                 (Some(exit), false) => exit.to_string(),
                 (None, false) => "stopped".to_owned(),
             }),

@@ -388,6 +388,13 @@ fn a_second_ctrl_c_kills_everything_at_once() {
         .events
         .iter()
         .any(|e| matches!(&e.kind, EventKind::Stopped { component, forced: true, .. } if component == "web")));
+    // The stop under way is reported cut short by the second signal.
+    assert!(
+        run.events.iter().any(|e| matches!(&e.kind,
+            EventKind::Stopping { component, signal } if component == "web" && signal == "SIGKILL")),
+        "{}",
+        run.show()
+    );
     for pgid in run.groups() {
         assert!(
             group_members(pgid).is_empty(),

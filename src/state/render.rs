@@ -254,6 +254,10 @@ pub fn status_text(view: &View, rows: &[StatusRow]) -> String {
         return out;
     }
     out.push('\n');
+    // Once the last run finished and no apply runs, a component still `waiting` was never
+    // started by it (the run was interrupted, or stopped on a failure first).
+    let run_over = view.apply.is_none_or(|h| h.role == Role::Compact)
+        && view.run.as_ref().is_some_and(|r| r.finished_at.is_some());
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -284,6 +288,7 @@ pub fn status_text(view: &View, rows: &[StatusRow]) -> String {
                     (None, _) => "never run".to_owned(),
                     // The record says it runs, but its process is gone: nobody supervised it.
                     (Some(s), Some(false)) => format!("gone (was {s})"),
+                    (Some(Status::Waiting), _) if run_over => "not started".to_owned(),
                     (Some(s), _) => s.as_str().to_owned(),
                 },
                 pid,

@@ -246,6 +246,42 @@ fn row<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 }
 
 #[test]
+fn after_an_interrupted_run_status_says_what_never_started() {
+    let dir = Dir::new();
+    {
+        let store = Store::open(&dir.state()).expect("open");
+        let plan = dir.plan();
+        let mut rec = store.recorder(&plan);
+        rec.emit(&event(
+            0,
+            EventKind::RunStarted {
+                run_id: "run-1".into(),
+                config_hash: plan.config_hash.clone(),
+                strategy: "priority".into(),
+                parallelism: 4,
+                steps: plan.steps.len(),
+                resumed: false,
+            },
+        ));
+        rec.emit(&event(
+            10,
+            EventKind::RunFinished {
+                outcome: Outcome::Interrupted,
+                elapsed_ms: 10,
+            },
+        ));
+    }
+    let out = dir.razar(&["status"]);
+    let web = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("{}", out.show()));
+    assert!(web.contains("not started"), "{}", out.show());
+    assert!(!web.contains("waiting"), "{}", out.show());
+}
+
+#[test]
 fn status_reports_components_from_the_database_and_notices_dead_pids() {
     let dir = Dir::new();
     let mut db = Proc::sleep();

@@ -68,7 +68,11 @@ pub enum PriorStatus {
     Completed,
     /// A process was spawned and may still run (starting, ready, or being restarted).
     Running,
-    /// Anything else (waiting, failed, blocked, stopped): start afresh.
+    /// Its last attempt in the latest run (or in the run that one resumed) failed, and a
+    /// restart may have been scheduled: resumed, it goes on from its next attempt, so a crash
+    /// of razar does not renew its restart budget.
+    Failing,
+    /// Anything else (waiting, blocked, stopped): start afresh.
     Other,
 }
 
@@ -1802,6 +1806,10 @@ impl<'a> Run<'a> {
                 });
                 self.settle(idx);
                 self.reach(idx, Level::Completed);
+                continue;
+            }
+            if prior.status == PriorStatus::Failing {
+                self.nodes[idx].attempts = prior.attempts;
                 continue;
             }
             let (PriorStatus::Running, Some(pid), Some(start_time)) =

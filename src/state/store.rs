@@ -571,10 +571,21 @@ impl Store {
                 let completed = rec.status == Status::Completed
                     && rec.kind != Some(Kind::Service)
                     && rec.run_id.as_deref() == run_id;
+                let latest = rec.run_id.as_deref() == run_id;
                 let status = if completed {
                     PriorStatus::Completed
                 } else if rec.pid.is_some() {
                     PriorStatus::Running
+                } else if latest
+                    && rec.attempts > 0
+                    && matches!(
+                        rec.status,
+                        Status::Failed | Status::Restarting | Status::Waiting
+                    )
+                {
+                    // Failed in the latest run, or in the run it resumed (a resume's start
+                    // sets it waiting and keeps its attempts; a fresh run's resets them).
+                    PriorStatus::Failing
                 } else {
                     PriorStatus::Other
                 };
@@ -630,6 +641,8 @@ impl Store {
         let mut component = live.loaded.components.get(name).cloned();
         if let Some(rec) = component.as_mut() {
             rec.status = Status::Waiting;
+            // A fresh restart budget: a resume must not count the attempts that quarantined it.
+            rec.attempts = 0;
             rec.reason = Some(format!("released from quarantine at {at}"));
             rec.updated_at = at.clone();
             batch.put(Tree::Components, name.as_bytes(), rec);

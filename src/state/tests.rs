@@ -395,7 +395,9 @@ fn priors_report_completed_tasks_and_live_pids_and_resume_keeps_them() {
         assert_eq!(priors["db"].pid, Some(me));
         assert_eq!(priors["db"].start_time, proc::start_time(me));
         assert_eq!(priors["db"].attempts, 2);
-        assert_eq!(priors["api"].status, PriorStatus::Other);
+        // Its attempt 1 failed in this run: a resume goes on from attempt 2.
+        assert_eq!(priors["api"].status, PriorStatus::Failing);
+        assert_eq!(priors["api"].attempts, 1);
         assert_eq!(priors["web"].status, PriorStatus::Other);
     }
     // A resumed run keeps the completed task and the running service until the executor
@@ -407,6 +409,9 @@ fn priors_report_completed_tasks_and_live_pids_and_resume_keeps_them() {
         let priors = store.priors();
         assert_eq!(priors["migrate"].status, PriorStatus::Completed);
         assert_eq!(priors["db"].status, PriorStatus::Running);
+        // Should this run die too before api's next attempt, the next resume still counts.
+        assert_eq!(priors["api"].status, PriorStatus::Failing);
+        assert_eq!(priors["api"].attempts, 1);
         rec.emit(&ev(
             1,
             EventKind::Skipped {
@@ -452,6 +457,11 @@ fn priors_report_completed_tasks_and_live_pids_and_resume_keeps_them() {
         rec.emit(&ev(0, started("r3", false)));
         let priors = store.priors();
         assert_eq!(priors["migrate"].status, PriorStatus::Other);
+        assert_eq!(
+            priors["api"].status,
+            PriorStatus::Other,
+            "a fresh run starts over"
+        );
         assert_eq!(priors["db"].status, PriorStatus::Running);
         assert_eq!(priors["web"].status, PriorStatus::Other);
         assert_eq!(priors["web"].pid, None);

@@ -185,3 +185,42 @@ fn resume_stops_what_the_configuration_no_longer_declares() {
     assert!(processes_of(&stack, "keep").is_empty());
     assert!(processes_of(&stack, "added").is_empty());
 }
+
+#[test]
+fn a_resumed_run_goes_on_counting_the_attempts_of_a_failing_component() {
+    let stack = Stack::new(
+        "components:
+  - name: failer
+    command: \"echo try >> tries.txt; exit 2\"
+    cwd: .
+    restart: {policy: on-failure, max_attempts: 2, backoff: {initial: 30s, max: 30s, jitter: 0}}
+",
+    );
+    let mut first = stack.apply(&[]);
+    // Attempt 1 failed and attempt 2 waits 30 s: razar dies meanwhile.
+    first.wait_for("restart scheduled", is("restart_scheduled", "failer"));
+    first.signal(libc::SIGKILL);
+    let killed = first.finish();
+    assert_eq!(killed.status.code(), None, "razar died of SIGKILL");
+    let resumed = stack.apply(&["--resume", "--until-ready"]).finish();
+    assert_eq!(resumed.code(), Some(1), "{}", resumed.show());
+    let attempts: Vec<u32> = resumed
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Spawned {
+                component, attempt, ..
+            } if component == "failer" => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    // The resumed run starts attempt 2, the last one: its failure quarantines at once.
+    assert_eq!(attempts, [2], "{}", resumed.show());
+    assert_eq!(resumed.count(is("quarantined", "failer")), 1);
+    let tries = std::fs::read_to_string(stack.path().join("tries.txt")).expect("file");
+    assert_eq!(
+        tries.lines().count(),
+        2,
+        "max_attempts counts across the resume"
+    );
+}

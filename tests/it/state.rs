@@ -482,6 +482,10 @@ fn quarantine_list_show_release_and_the_next_plan() {
         rows[1].contains("| api | resolved | released: installed the api package |"),
         "{log}"
     );
+    // Released with a fresh restart budget (a resume must not count the attempts that
+    // quarantined it).
+    let status = dir.razar(&["status", "--json"]).json();
+    assert_eq!(row(&status, "api")["attempts"], 0, "{status:#}");
     let plan = dir.plan();
     assert!(plan.excluded.is_empty(), "{:?}", plan.excluded);
     assert!(plan.step("web").expect("web").blocked.is_none());

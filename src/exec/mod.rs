@@ -1789,6 +1789,8 @@ impl<'a> Run<'a> {
         let tagged = sys::tagged_processes(&self.plan.state_dir);
         let mut candidates: JoinSet<(usize, bool, String)> = JoinSet::new();
         let mut identified: BTreeMap<usize, (u32, u32)> = BTreeMap::new();
+        // Daemonizing services identified by their daemon, their launcher gone.
+        let mut daemons: BTreeSet<usize> = BTreeSet::new();
         for idx in 0..self.nodes.len() {
             let step = self.step(idx);
             let Some(prior) = self.options.priors.get(&step.name).cloned() else {
@@ -1817,12 +1819,30 @@ impl<'a> Run<'a> {
             else {
                 continue;
             };
-            let pgid = prior.pgid.unwrap_or(pid);
+            let mut pgid = prior.pgid.unwrap_or(pid);
             let same = sys::proc_stat(pid).is_some_and(|s| {
                 !s.is_zombie() && s.start_time == start_time && i64::from(s.pgrp) == i64::from(pgid)
             });
-            if !same || step.kind != Kind::Service {
+            if step.kind != Kind::Service {
                 continue;
+            }
+            let mut pid = pid;
+            if !same {
+                // A daemonizing service's recorded pid is its launcher, gone once the daemon
+                // runs: the daemon is known by the environment razar gave it (in the recorded
+                // group if it stayed there).
+                let daemon = tagged
+                    .iter()
+                    .filter(|t| t.component == step.name)
+                    .min_by_key(|t| (i64::from(t.pgrp) != i64::from(pgid), t.pid));
+                match daemon {
+                    Some(d) if step.daemonizes => {
+                        pid = d.pid;
+                        pgid = u32::try_from(d.pgrp).unwrap_or(d.pid);
+                        daemons.insert(idx);
+                    }
+                    _ => continue,
+                }
             }
             identified.insert(idx, (pid, pgid));
             match &step.ready {
@@ -1871,7 +1891,14 @@ impl<'a> Run<'a> {
         for &idx in &adopt {
             let (pid, pgid) = identified[&idx];
             let prior_attempts = self.options.priors[&self.step(idx).name].attempts;
-            let proc = process::adopt(pid);
+            let daemon = daemons.contains(&idx);
+            // A daemon is supervised as after its launcher's exit: by checking its group and
+            // environment every few seconds, not through one process.
+            let proc = if daemon {
+                process::Proc::Detached
+            } else {
+                process::adopt(pid)
+            };
             let watched = !matches!(proc, process::Proc::Detached);
             self.nodes[idx].serial += 1;
             let serial = self.nodes[idx].serial;
@@ -1884,11 +1911,11 @@ impl<'a> Run<'a> {
                 pgid,
                 spawned_at: Instant::now(),
                 log_offset: self.logs.len(&self.step(idx).name),
-                exited: None,
+                exited: daemon.then_some(None),
                 stopping: false,
                 gone: None,
                 watched,
-                daemon: false,
+                daemon,
             });
             self.emit(EventKind::Adopted {
                 component: self.step(idx).name.clone(),

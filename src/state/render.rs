@@ -60,7 +60,7 @@ pub fn status_rows(view: &View, components: Option<&[Component]>) -> Vec<StatusR
             names.push((name.clone(), None, in_config));
         }
     }
-    names
+    let mut rows: Vec<StatusRow> = names
         .into_iter()
         .map(|(name, kind, in_config)| {
             let rec = view.components.get(&name);
@@ -72,7 +72,33 @@ pub fn status_rows(view: &View, components: Option<&[Component]>) -> Vec<StatusR
             });
             row(name, kind, in_config, rec, quarantine)
         })
-        .collect()
+        .collect();
+    // A daemonizing service's recorded pid is its launcher, which exits once the daemon runs:
+    // the daemon is found by the environment razar gave it.
+    let daemonizing: BTreeSet<&str> = components
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c.daemonizes)
+        .map(|c| c.name.as_str())
+        .collect();
+    let launchers_gone = rows
+        .iter()
+        .any(|r| r.alive == Some(false) && daemonizing.contains(r.name.as_str()));
+    if launchers_gone {
+        let tagged = crate::exec::leftovers(&view.dir);
+        for r in rows
+            .iter_mut()
+            .filter(|r| r.alive == Some(false) && daemonizing.contains(r.name.as_str()))
+        {
+            if let Some(daemon) = tagged.iter().find(|t| t.component == r.name) {
+                let start = super::proc::start_time(daemon.pid);
+                r.pid = Some(daemon.pid);
+                r.alive = Some(true);
+                r.uptime_ms = start.and_then(process_uptime).map(crate::duration::millis);
+            }
+        }
+    }
+    rows
 }
 
 fn row(

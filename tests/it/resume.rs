@@ -224,3 +224,46 @@ fn a_resumed_run_goes_on_counting_the_attempts_of_a_failing_component() {
         "max_attempts counts across the resume"
     );
 }
+
+#[test]
+fn a_daemonizing_service_is_seen_running_and_adopted_by_its_daemon() {
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "components:
+  - name: dmn
+    daemonizes: true
+    command: \"python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 & exit 0\"
+    ready: {{tcp: \"127.0.0.1:{port}\", timeout: 10s}}
+"
+    ));
+    let first = stack.apply(&["--until-ready", "--keep-running"]).finish();
+    assert_eq!(first.code(), Some(0), "{}", first.show());
+    let daemon = processes_of(&stack, "dmn");
+    assert_eq!(daemon.len(), 1, "{daemon:?}");
+    // The launcher exited; status finds the daemon.
+    let status = stack.ok(&["status", "-c", "razar.yaml", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    let row = &status["components"][0];
+    assert_eq!(row["alive"], true, "{status:#}");
+    assert_eq!(row["pid"], daemon[0], "{status:#}");
+    // A resume adopts it instead of stopping and launching it again.
+    let resumed = stack
+        .apply(&["--resume", "--until-ready", "--keep-running"])
+        .finish();
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.show());
+    assert_eq!(resumed.count(is("adopted", "dmn")), 1, "{}", resumed.show());
+    assert_eq!(
+        resumed.count(is("stopping", "dmn")),
+        0,
+        "{}",
+        resumed.show()
+    );
+    assert_eq!(resumed.count(is("spawned", "dmn")), 0, "{}", resumed.show());
+    assert_eq!(processes_of(&stack, "dmn"), daemon);
+    let down = stack.run(&["down", "-c", "razar.yaml"]);
+    assert_eq!(down.status.code(), Some(0));
+    assert!(
+        processes_of(&stack, "dmn").is_empty(),
+        "the daemon was stopped"
+    );
+}

@@ -291,6 +291,9 @@ pub(crate) struct Db {
     /// joined before the first write that touches history, so nothing it read can be older
     /// than a head written since.
     heads_reader: Mutex<Option<JoinHandle<Heads>>>,
+    /// Opened by a read-only command ([`Db::open_to_read`]): the journals are read into memory
+    /// and never applied to sled, emptied or set aside, and nothing is committed.
+    read_only: bool,
 }
 
 /// Why opening failed: another process has the database open, or something else.
@@ -322,6 +325,28 @@ impl Db {
     /// One attempt to open (creating) the database, replaying the journal an earlier razar
     /// left.
     pub fn open(paths: &Paths) -> Result<Db, OpenError> {
+        Self::open_as(paths, false)
+    }
+
+    /// One attempt to open an existing database for a read-only command: the journals an
+    /// earlier razar left are read into memory (reads see them), never applied to sled,
+    /// emptied or set aside, which only the lock's holder does. A database missing one of
+    /// sled's own files is refused rather than recreated. (sled itself still writes at open:
+    /// it zeroes the torn end of its log and rewrites its snapshot file, keeping its data.)
+    pub fn open_to_read(paths: &Paths) -> Result<Db, OpenError> {
+        for file in ["conf", "db"] {
+            let needed = paths.db().join(file);
+            if !needed.exists() {
+                return Err(OpenError::Failed(StateError::Database {
+                    path: paths.db(),
+                    detail: format!("it is incomplete: `{}` is missing", needed.display()),
+                }));
+            }
+        }
+        Self::open_as(paths, true)
+    }
+
+    fn open_as(paths: &Paths, read_only: bool) -> Result<Db, OpenError> {
         let path = paths.db();
         let failed = |detail: String| {
             OpenError::Failed(StateError::Database {
@@ -387,6 +412,7 @@ impl Db {
             inflight: Arc::new(Mutex::new(None)),
             clean: Mutex::new(HashMap::new()),
             heads_reader: Mutex::new(None),
+            read_only,
         };
         db.replay().map_err(OpenError::Failed)?;
         Ok(db)
@@ -406,6 +432,17 @@ impl Db {
             }
         }
         if replayed.is_empty() {
+            return Ok(());
+        }
+        if self.read_only {
+            for (path, damaged) in replayed {
+                if damaged {
+                    tracing::warn!(
+                        "`{}` has an unreadable entry; read up to it (the next `razar apply` keeps the journal aside)",
+                        path.display()
+                    );
+                }
+            }
             return Ok(());
         }
         self.apply_pending()?;
@@ -936,6 +973,11 @@ impl Db {
     pub fn commit(&self, batch: Batch) -> Result<(), StateError> {
         if batch.ops.is_empty() {
             return Ok(());
+        }
+        if self.read_only {
+            return Err(
+                self.error("a read-only command tried to write to the state database".to_owned())
+            );
         }
         let mut batch = batch;
         if batch.ops.iter().any(Op::touches_history) {

@@ -411,6 +411,7 @@ impl Store {
         paths.dir_exists()?;
         std::fs::create_dir_all(&paths.dir).map_err(|e| StateError::io(&paths.dir, e))?;
         let apply_lock = ApplyLock::acquire(&paths, Role::Apply)?;
+        let db_was_there = paths.db().exists();
         // The old snapshot is read on a second thread while this one opens the database.
         let state_json = paths.state_json();
         let (opened, existing) = std::thread::scope(|scope| {
@@ -429,7 +430,16 @@ impl Store {
         // recent events); keep anything unreadable or foreign next to it.
         match existing? {
             Existing::Missing => {}
-            Existing::Ours(snapshot) => events.extend(snapshot.events),
+            Existing::Ours(snapshot) => {
+                if !db_was_there {
+                    tracing::warn!(
+                        "there was no state database at `{}` (razar_state.json, written by a razar that had one, is there): started a new one; history and run records start over, quarantine records are read again from quarantine/",
+                        paths.db().display()
+                    );
+                    notes.push("the state database was missing: a new one was started".to_owned());
+                }
+                events.extend(snapshot.events);
+            }
             Existing::Unreadable(detail) => {
                 let moved = files::move_aside(&state_json, "corrupt")?;
                 tracing::warn!(

@@ -185,6 +185,12 @@ impl View {
                 "state: {dir} (from razar_state.json written {updated_at}: apply pid {} holds the database)",
                 holder.pid
             ),
+            (Source::Snapshot { updated_at }, None) if !Paths::new(&self.dir).db().exists() => {
+                format!(
+                    "state: {dir} (from razar_state.json written {updated_at}: there is no database at `{}`; the next `razar apply` starts a new one)",
+                    Paths::new(&self.dir).db().display()
+                )
+            }
             (Source::Snapshot { updated_at }, None) => format!(
                 "state: {dir} (from razar_state.json written {updated_at}: the database was busy)"
             ),
@@ -225,7 +231,7 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
         // All are brief: retry for a moment, and go to the snapshot once an apply is named.
         let deadline = std::time::Instant::now() + READ_PATIENCE;
         loop {
-            match Db::open(&paths) {
+            match Db::open_to_read(&paths) {
                 Ok(db) => {
                     if let Some(found) = db.get::<u64>(Tree::Meta, b"format")?
                         && found > DATABASE_FORMAT

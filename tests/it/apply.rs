@@ -545,6 +545,21 @@ fn log_lines_on_a_stderr_that_is_no_terminal_carry_no_colour_codes() {
 }
 
 #[test]
+fn an_apply_that_finds_its_database_gone_says_so() {
+    let stack = Stack::new("components:\n  - {name: job, kind: task, command: [\"true\"]}\n");
+    let run = stack.apply(&["--until-ready"]).finish();
+    assert_eq!(run.code(), Some(0), "{}", run.show());
+    std::fs::remove_dir_all(stack.state().join("db")).expect("rm db");
+    let again = stack.run(&["apply", "-c", "razar.yaml", "--until-ready"]);
+    assert_eq!(again.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("there was no state database at") && stderr.contains("started a new one"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_saved_plan_runs_as_saved_and_is_refused_once_stale() {
     let stack = Stack::new(
         "components:\n  - name: hello\n    kind: task\n    command: \"echo hello > hello.txt\"\n    cwd: .\n",

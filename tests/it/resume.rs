@@ -267,3 +267,48 @@ fn a_daemonizing_service_is_seen_running_and_adopted_by_its_daemon() {
         "the daemon was stopped"
     );
 }
+
+#[test]
+fn reading_commands_leave_the_journal_of_a_killed_apply_alone() {
+    let stack = Stack::new("components:\n  - {name: svc, command: [sleep, \"331\"]}\n");
+    let mut first = stack.apply(&[]);
+    first.wait_for("boot finished", |k| {
+        matches!(k, EventKind::BootFinished { .. })
+    });
+    first.signal(libc::SIGKILL);
+    let killed = first.finish();
+    assert_eq!(killed.status.code(), None, "razar died of SIGKILL");
+    let journal = stack.state().join("db.journal");
+    let mut before = std::fs::read(&journal).expect("journal");
+    assert!(!before.is_empty(), "the killed apply left its journal");
+    // An unreadable entry after the good ones: readers read up to it and leave it there.
+    before.extend_from_slice(b"{not json\n");
+    std::fs::write(&journal, &before).expect("append");
+    for args in [
+        vec!["status", "-c", "razar.yaml", "--json"],
+        vec!["history", "-c", "razar.yaml"],
+        vec!["plan", "-c", "razar.yaml"],
+        vec!["quarantine", "list", "-c", "razar.yaml"],
+    ] {
+        let out = stack.ok(&args);
+        assert_eq!(
+            std::fs::read(&journal).expect("journal"),
+            before,
+            "{args:?}"
+        );
+        if args[0] == "status" {
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            assert_eq!(status["components"][0]["status"], "ready", "{status:#}");
+        }
+    }
+    let names: Vec<String> = std::fs::read_dir(stack.state())
+        .expect("state dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("damaged")),
+        "a reader set the journal aside: {names:?}"
+    );
+    let down = stack.run(&["down", "-c", "razar.yaml"]);
+    assert_eq!(down.status.code(), Some(0));
+}

@@ -740,6 +740,37 @@ fn logs_that_cannot_be_read_are_an_error_naming_the_file() {
 }
 
 #[test]
+fn a_missing_or_incomplete_database_is_said_so_and_left_alone() {
+    let dir = Dir::new();
+    let db = Proc::sleep();
+    let cron = Proc::sleep();
+    {
+        let store = Store::open(&dir.state()).expect("open");
+        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
+        finish(&store, &dir);
+    }
+    // sled's own configuration file gone: refused, not recreated.
+    let conf = dir.state().join("db/conf");
+    let saved = std::fs::read(&conf).expect("conf");
+    std::fs::remove_file(&conf).expect("rm conf");
+    let out = dir.razar(&["status"]);
+    assert_eq!(out.code, Some(1), "{}", out.show());
+    assert!(out.stderr.contains("it is incomplete"), "{}", out.show());
+    assert!(!conf.exists(), "a reader recreated {conf:?}");
+    std::fs::write(&conf, saved).expect("restore conf");
+    // The whole database gone: the snapshot answers, and says why.
+    std::fs::remove_dir_all(dir.state().join("db")).expect("rm db");
+    let out = dir.razar(&["status"]);
+    assert_eq!(out.code, Some(0), "{}", out.show());
+    assert!(
+        out.stdout.contains("there is no database at"),
+        "{}",
+        out.show()
+    );
+    assert!(!dir.state().join("db").exists());
+}
+
+#[test]
 fn logs_of_a_component_with_no_output_yet_says_so() {
     let dir = Dir::new();
     let logs = dir.state().join("logs");

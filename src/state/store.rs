@@ -38,6 +38,10 @@ use crate::plan::suggest::Outcome as SuggestionOutcome;
 /// rewrite itself takes long, see `run_writer`).
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How often the writer, with nothing new to write, checks that `razar_state.json` is still
+/// the file it wrote last (rewriting it if it was removed or replaced).
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(2);
+
 /// Recent events kept in `razar_state.json`.
 const EVENTS_KEPT: usize = 50;
 
@@ -171,6 +175,17 @@ struct Board {
     apply: ApplyInfo,
     /// The first error that kept state from being saved.
     failure: Mutex<Option<String>>,
+    /// Device, inode and size of the last `razar_state.json` written (each write renames a
+    /// new file into place). Locked alone, never while taking another lock.
+    written_file: Mutex<Option<(u64, u64, u64)>>,
+}
+
+/// Device, inode and size of the file at `path`, if there is one.
+fn file_identity(path: &Path) -> Option<(u64, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.len()))
 }
 
 struct Shared {
@@ -278,10 +293,19 @@ impl Board {
             &mut text,
         );
         let result = files::write_snapshot_file(&self.paths.state_json(), &text);
+        if result.is_ok() {
+            *lock(&self.written_file) = file_identity(&self.paths.state_json());
+        }
         cache.text = text;
         let mut live = lock(&self.live);
         live.written = live.written.max(generation);
         result
+    }
+
+    /// Whether `razar_state.json` is no longer the file this store wrote last.
+    fn snapshot_replaced(&self) -> bool {
+        let last = *lock(&self.written_file);
+        last.is_some() && file_identity(&self.paths.state_json()) != last
     }
 
     /// The writer thread: writes the snapshot at once (its outcome sent to `first`), then
@@ -294,10 +318,16 @@ impl Board {
             if first.is_none() {
                 let mut live = lock(&self.live);
                 while live.changed <= live.written && !live.shutdown {
-                    live = self
+                    let (guard, waited) = self
                         .wake
-                        .wait(live)
+                        .wait_timeout(live, SNAPSHOT_CHECK)
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    live = guard;
+                    // Removed or replaced behind razar's back (readers would take a missing
+                    // file for an apply with nothing recorded): write it again.
+                    if waited.timed_out() && self.snapshot_replaced() {
+                        live.changed += 1;
+                    }
                 }
                 if live.shutdown {
                     return;
@@ -529,6 +559,7 @@ impl Store {
                 start_time: proc::start_time(me),
             },
             failure: Mutex::new(None),
+            written_file: Mutex::new(None),
         });
         let (first, first_write) = std::sync::mpsc::channel();
         let writer = {

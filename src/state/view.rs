@@ -176,7 +176,7 @@ impl View {
                 )
             }
             (Source::Empty, Some(holder)) => format!(
-                "state: {dir} (an apply is starting, pid {}; nothing recorded yet)",
+                "state: {dir} (apply pid {} holds the database and razar_state.json is not there: the apply is starting, or the file was removed and is written again within seconds)",
                 holder.pid
             ),
             (Source::Empty, None) => format!("state: {dir} (nothing recorded yet)"),

@@ -312,3 +312,40 @@ fn reading_commands_leave_the_journal_of_a_killed_apply_alone() {
     let down = stack.run(&["down", "-c", "razar.yaml"]);
     assert_eq!(down.status.code(), Some(0));
 }
+
+#[test]
+fn a_removed_snapshot_is_written_again_while_the_stack_runs() {
+    let stack = Stack::new("components:\n  - {name: svc, command: [sleep, \"341\"]}\n");
+    let mut apply = stack.apply(&[]);
+    apply.wait_for("boot finished", |k| {
+        matches!(k, EventKind::BootFinished { .. })
+    });
+    let snapshot = stack.state().join("razar_state.json");
+    // Once the snapshot shows the boot finished, nothing in the stack changes any more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&snapshot).unwrap_or_default();
+        let shown: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if shown["run"]["phase"] == "supervising" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::remove_file(&snapshot).expect("rm razar_state.json");
+    // Nothing happens in the stack: the writer notices on its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !snapshot.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "razar_state.json was not written again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = stack.ok(&["status", "-c", "razar.yaml", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["components"][0]["status"], "ready", "{status:#}");
+    apply.signal(libc::SIGINT);
+    let run = apply.finish();
+    assert_eq!(run.code(), Some(0), "{}", run.show());
+}

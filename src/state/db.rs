@@ -366,6 +366,17 @@ impl Db {
             Ok(Err(sled::Error::Io(err))) if err.to_string().contains("could not acquire lock") => {
                 return Err(OpenError::Busy);
             }
+            Ok(Err(sled::Error::Io(err)))
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                return Err(OpenError::Failed(StateError::NoPermission {
+                    path: path.clone(),
+                    detail: err.to_string(),
+                }));
+            }
             Ok(Err(err)) => return Err(failed(err.to_string())),
             Err(_) => {
                 return Err(failed(

@@ -94,6 +94,9 @@ pub enum StateError {
     /// The database cannot be opened or written; razar left it as it was.
     #[error("state database `{}` cannot be used: {detail}; razar did not modify it (move it aside to start afresh: history and quarantine records would be lost)", path.display())]
     Database { path: PathBuf, detail: String },
+    /// The database is there but this user may not open it (sled opens it for writing).
+    #[error("razar may not open the state database `{}` ({detail}): run it as the user that owns the state directory, or set `state_dir` to one of yours", path.display())]
+    NoPermission { path: PathBuf, detail: String },
     /// A record or file does not parse.
     #[error("`{}` is corrupted ({detail}); razar did not modify it", path.display())]
     Corrupt { path: PathBuf, detail: String },

@@ -130,6 +130,8 @@ pub struct View {
     pub last_component: String,
     /// Best start orders found by `explore`, by [`ExploredOrder::key`].
     pub explored: BTreeMap<String, ExploredOrder>,
+    /// Why the database was not read although no apply holds it (the snapshot answered).
+    pub unread_database: Option<String>,
 }
 
 impl View {
@@ -153,6 +155,7 @@ impl View {
             suggestions: loaded.suggestions,
             last_component: loaded.last_component,
             explored: loaded.explored,
+            unread_database: None,
         }
     }
 
@@ -184,6 +187,10 @@ impl View {
             (Source::Snapshot { updated_at }, Some(holder)) => format!(
                 "state: {dir} (from razar_state.json written {updated_at}: apply pid {} holds the database)",
                 holder.pid
+            ),
+            (Source::Snapshot { updated_at }, None) if self.unread_database.is_some() => format!(
+                "state: {dir} (from razar_state.json written {updated_at}: {})",
+                self.unread_database.as_deref().unwrap_or_default()
             ),
             (Source::Snapshot { updated_at }, None) if !Paths::new(&self.dir).db().exists() => {
                 format!(
@@ -225,6 +232,7 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
         return Ok(View::empty(dir, None));
     }
     let mut apply = lock::holder(dir);
+    let mut unread = None;
     if apply.is_none() && paths.db().exists() {
         // Busy with no apply named: another reader has the database open, an apply is
         // starting, or a process forked an instant ago still holds an inherited descriptor.
@@ -249,6 +257,14 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
                         None,
                         loaded,
                     ));
+                }
+                // This user may not open the database (sled opens it for writing): the
+                // snapshot, readable by more users, answers instead.
+                Err(OpenError::Failed(StateError::NoPermission { detail, .. }))
+                    if paths.state_json().exists() =>
+                {
+                    unread = Some(format!("this user may not open the database: {detail}"));
+                    break;
                 }
                 Err(OpenError::Failed(err)) => return Err(err),
                 Err(OpenError::Busy) => {
@@ -278,14 +294,16 @@ pub fn read(dir: &Path) -> Result<View, StateError> {
                 last_component: snapshot.last_component,
                 explored: BTreeMap::new(),
             };
-            Ok(View::from_loaded(
+            let mut view = View::from_loaded(
                 dir.to_path_buf(),
                 Source::Snapshot {
                     updated_at: snapshot.updated_at,
                 },
                 apply,
                 loaded,
-            ))
+            );
+            view.unread_database = unread;
+            Ok(view)
         }
         Existing::Missing | Existing::Foreign(_) => Ok(View::empty(dir, apply)),
         Existing::Unreadable(detail) => Err(StateError::Corrupt {

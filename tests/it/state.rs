@@ -771,6 +771,67 @@ fn a_missing_or_incomplete_database_is_said_so_and_left_alone() {
 }
 
 #[test]
+fn a_user_who_may_only_read_the_state_directory_gets_the_snapshot() {
+    // Dropping to another user needs root (and util-linux's setpriv).
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || which("setpriv").is_none() {
+        eprintln!("skipped: needs root and setpriv to run razar as another user");
+        return;
+    }
+    let dir = Dir::new();
+    let db = Proc::sleep();
+    let cron = Proc::sleep();
+    {
+        let store = Store::open(&dir.state()).expect("open");
+        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
+        finish(&store, &dir);
+    }
+    let status = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir.path())
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_razar"))
+        .args(["status", "--json"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("setpriv runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(row(&status, "api")["status"], "quarantined", "{status:#}");
+    let text = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_razar"))
+        .arg("status")
+        .current_dir(dir.path())
+        .output()
+        .expect("setpriv runs");
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("this user may not open the database"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}
+
+#[test]
 fn logs_of_a_component_with_no_output_yet_says_so() {
     let dir = Dir::new();
     let logs = dir.state().join("logs");

@@ -417,7 +417,15 @@ pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
                 ))),
             };
         }
-        Err(err) => return Err(err.into()),
+        // The state cannot be used (damaged, not writable): what carries its environment is
+        // still found and stopped, with nothing recorded.
+        Err(err) => {
+            tracing::warn!(
+                "{err}; stopping what carries the environment of `{}` without recording it",
+                plan.state_dir.display()
+            );
+            return down_without_state(&plan, &mut reporter);
+        }
     };
     // The recorded groups whose leader is gone or is still the recorded process (a reused pid
     // leading someone else's group is never signalled).

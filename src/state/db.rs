@@ -526,7 +526,7 @@ impl Db {
         StateError::Corrupt {
             path: self.path.clone(),
             detail: format!(
-                "record `{}/{}`: {err}",
+                "record `{}/{}`: {err}; to start afresh, move it and the db.journal files beside it away: history and run records are lost, quarantine/ and razar_state.json are read again",
                 tree.name(),
                 String::from_utf8_lossy(key)
             ),

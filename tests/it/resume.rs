@@ -349,3 +349,37 @@ fn a_removed_snapshot_is_written_again_while_the_stack_runs() {
     let run = apply.finish();
     assert_eq!(run.code(), Some(0), "{}", run.show());
 }
+
+#[test]
+fn razar_down_stops_the_stack_even_when_its_state_is_damaged() {
+    let stack = Stack::new("components:\n  - {name: svc, command: [sleep, \"351\"]}\n");
+    let run = stack.apply(&["--until-ready", "--keep-running"]).finish();
+    assert_eq!(run.code(), Some(0), "{}", run.show());
+    assert_eq!(processes_of(&stack, "svc").len(), 1);
+    // A record no razar can read (`svc`'s checkpoint replaced by a bare string).
+    let mut journal = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(stack.state().join("db.journal"))
+        .expect("journal");
+    std::io::Write::write_all(
+        &mut journal,
+        b"{\"op\":\"put\",\"tree\":\"components\",\"key\":\"737663\",\"value\":\"oops\"}\n",
+    )
+    .expect("append");
+    let status = stack.run(&["status", "-c", "razar.yaml"]);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("to start afresh, move it"),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let down = stack.run(&["down", "-c", "razar.yaml"]);
+    assert_eq!(down.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        stderr.contains("is corrupted") && stderr.contains("without recording it"),
+        "{stderr}"
+    );
+    assert!(processes_of(&stack, "svc").is_empty(), "svc still runs");
+}

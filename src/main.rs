@@ -345,14 +345,21 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
     Ok(Outcome::Success)
 }
 
-/// Refuses `-o PATH` when it is one of the configuration files the plan was made from: the
-/// plan would replace the configuration it needs (and a saved plan is refused once its
-/// configuration changed).
+/// Refuses `-o PATH` when it is a directory, or one of the configuration files the plan was
+/// made from: the plan would replace the configuration it needs (and a saved plan is refused
+/// once its configuration changed).
 fn refuse_overwriting_a_source(path: &Path, sources: &[PathBuf]) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
     let Ok(out) = std::fs::metadata(path) else {
         return Ok(());
     };
+    if out.is_dir() {
+        return Err(Error::Usage(format!(
+            "`-o {}` is a directory: give the plan file's name (e.g. `-o {}`)",
+            path.display(),
+            path.join("plan.json").display()
+        )));
+    }
     for source in sources {
         if std::fs::metadata(source).is_ok_and(|s| s.dev() == out.dev() && s.ino() == out.ino()) {
             return Err(Error::Usage(format!(

@@ -346,6 +346,13 @@ fn out_refuses_to_overwrite_a_configuration_file() {
         );
         assert_eq!(sandbox.read("every_field.yaml"), before);
     }
+    let output = sandbox.run(&["plan", "-c", "every_field.yaml", "-o", "."]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("`-o .` is a directory"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

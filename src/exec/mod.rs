@@ -394,7 +394,11 @@ pub async fn run(
     let fresh = !logs.dir().exists();
     std::fs::create_dir_all(logs.dir()).map_err(|source| RunError::Logs {
         path: logs.dir().to_path_buf(),
-        source,
+        source: if logs.dir().is_file() {
+            std::io::Error::other("a file is where razar keeps its log directory; move it away")
+        } else {
+            source
+        },
     })?;
     if fresh {
         logs.create_ahead(

@@ -82,7 +82,7 @@ pub enum StateError {
         role: Role,
     },
     /// A file of the state directory (or the directory itself) cannot be read or written.
-    #[error("cannot use `{}` (razar's state)", path.display())]
+    #[error("cannot use `{}` (razar's state){}", path.display(), io_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -114,6 +114,22 @@ pub enum StateError {
     /// A command that works on the database found none.
     #[error("there is no state database at `{}` (`razar apply` creates it)", path.display())]
     NoDatabase { path: PathBuf },
+}
+
+/// What to do about the I/O errors an operator can fix, after the path they name.
+fn io_hint(err: &std::io::Error) -> &'static str {
+    match err.kind() {
+        std::io::ErrorKind::IsADirectory => {
+            ": a directory is where razar keeps a file; move it away"
+        }
+        std::io::ErrorKind::NotADirectory => {
+            ": a file is where razar keeps a directory; move it away"
+        }
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            ": run razar as the user that owns the state directory, or set `state_dir` to one of yours"
+        }
+        _ => "",
+    }
 }
 
 fn locked_text(dir: &Path, pid: Option<u32>, role: Role) -> String {

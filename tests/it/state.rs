@@ -900,11 +900,29 @@ fn a_state_directory_that_is_not_one_is_refused_with_what_to_do() {
     let out = dir.razar(&["apply", "--until-ready", "--json"]);
     assert_eq!(out.code, Some(1), "{}", out.show());
     assert!(
-        out.stderr.contains("razar_state.json") && !out.stderr.contains("panicked"),
+        out.stderr.contains("razar_state.json")
+            && out
+                .stderr
+                .contains("a directory is where razar keeps a file; move it away")
+            && !out.stderr.contains("panicked"),
         "{}",
         out.show()
     );
     assert!(!out.stdout.contains("\"spawned\""), "{}", out.show());
+
+    // A file where the log directory goes: named, with what to do.
+    std::fs::remove_dir(dir.state().join("razar_state.json")).expect("rmdir");
+    let logs = dir.state().join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::write(&logs, "not a directory").expect("a file where the logs go");
+    let out = dir.razar(&["apply", "--until-ready"]);
+    assert_eq!(out.code, Some(1), "{}", out.show());
+    assert!(
+        out.stderr
+            .contains("a file is where razar keeps its log directory; move it away"),
+        "{}",
+        out.show()
+    );
 }
 
 /// Reads lines from a child's stdout on a thread, so the test can wait with a deadline.

@@ -101,6 +101,15 @@ pub fn load_saved_plan(path: &Path) -> Result<Plan, Error> {
             path.display()
         ))
     };
+    // Relative paths in a plan file are relative to the directory it was made in.
+    if let Some(missing) = plan.sources.iter().find(|s| !s.exists()) {
+        return Err(Error::Usage(format!(
+            "plan `{}` cannot be run from `{}`: its configuration file `{}` is not there (a plan's relative paths are relative to the directory it was made in: run it from there)",
+            path.display(),
+            base.display(),
+            missing.display()
+        )));
+    }
     match crate::config::load(&plan.sources) {
         Ok(config) if config.content_hash() == plan.config_hash => Ok(plan),
         Ok(_) => Err(stale(

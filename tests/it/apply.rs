@@ -614,6 +614,26 @@ fn a_saved_plan_runs_as_saved_and_is_refused_once_stale() {
     let junk = stack.run(&["apply", "junk.json"]);
     assert_eq!(junk.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&junk.stderr).contains("not a razar plan file"));
+
+    // Run from another directory, the plan's relative configuration path is not there.
+    let elsewhere = stack.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    let plan_path = stack.path().join("plan.json");
+    let out = stack
+        .command(&[
+            "apply",
+            plan_path.to_str().expect("UTF-8 path"),
+            "--until-ready",
+        ])
+        .current_dir(&elsewhere)
+        .output()
+        .expect("razar runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("its configuration file") && stderr.contains("is not there"),
+        "{stderr}"
+    );
 }
 
 #[test]

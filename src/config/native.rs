@@ -268,10 +268,11 @@ impl<'de> Deserialize<'de> for RawScalar {
                 Ok(RawScalar(n.to_string()))
             }
             fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<RawScalar, E> {
-                Ok(RawScalar(
-                    serde_json::Number::from_f64(n)
-                        .map_or_else(|| n.to_string(), |n| n.to_string()),
-                ))
+                // The text as written is gone (`3.10` arrives as 3.1, `1e3` as 1000): passing
+                // the number's own form on could change the value a program reads.
+                Err(E::custom(format_args!(
+                    "an environment value written as a number with a fraction or an exponent is read as `{n}`, which may not be what the program should see (`3.10` would become `3.1`): quote it to pass it as written"
+                )))
             }
         }
         deserializer.deserialize_any(Visitor)

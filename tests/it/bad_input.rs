@@ -163,6 +163,11 @@ const CASES: &[Case] = &[
         Some(7),
     ),
     case(
+        "bad/env_float.yaml",
+        "is read as `3.1`, which may not be what the program should see",
+        Some(7),
+    ),
+    case(
         "bad/env_name_with_equals.yaml",
         "`A=B` cannot be an environment variable name",
         Some(7),

@@ -285,6 +285,14 @@ pub(crate) fn read_quarantine_dir(
                 serde_json::from_str::<QuarantineRecord>(&text).map_err(|e| e.to_string())
             });
         match parsed {
+            // A newer razar's record: refused, not imported as this razar reads it.
+            Ok(record) if record.version > STATE_FORMAT => {
+                return Err(StateError::Newer {
+                    path,
+                    found: u64::from(record.version),
+                    reads: u64::from(STATE_FORMAT),
+                });
+            }
             Ok(record) if path.file_stem().and_then(|s| s.to_str()) == Some(&record.component) => {
                 records.push(record)
             }

@@ -551,6 +551,37 @@ fn a_release_that_cannot_update_the_files_changes_nothing() {
 }
 
 #[test]
+fn a_quarantine_record_of_a_newer_razar_is_refused_naming_it() {
+    let dir = Dir::new();
+    let db = Proc::sleep();
+    let cron = Proc::sleep();
+    {
+        let store = Store::open(&dir.state()).expect("open");
+        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
+        finish(&store, &dir);
+    }
+    let file = dir.state().join("quarantine/api.json");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("record")).expect("JSON");
+    record["version"] = serde_json::json!(2);
+    std::fs::write(&file, record.to_string()).expect("write");
+    let before = std::fs::read(&file).expect("record");
+    let out = dir.razar(&["apply", "--until-ready"]);
+    assert_eq!(out.code, Some(1), "{}", out.show());
+    assert!(
+        out.stderr.contains("api.json") && out.stderr.contains("written by a newer razar"),
+        "{}",
+        out.show()
+    );
+    assert!(!out.stdout.contains("spawned"), "{}", out.show());
+    assert_eq!(
+        std::fs::read(&file).expect("record"),
+        before,
+        "left as it was"
+    );
+}
+
+#[test]
 fn a_stale_lock_file_does_not_block_writers() {
     let dir = Dir::new();
     let db = Proc::sleep();

@@ -60,6 +60,15 @@ impl Config {
         self.index_of(name).map(|i| &self.components[i])
     }
 
+    /// Adds a component razar makes itself (a Crown model's launch task), findable by name
+    /// like the declared ones; returns its index.
+    pub fn push_component(&mut self, component: Component) -> usize {
+        let index = self.components.len();
+        self.by_name.insert(component.name.clone(), index);
+        self.components.push(component);
+        index
+    }
+
     /// SHA-256 over every source file's path and bytes: the identity of these inputs.
     pub fn content_hash(&self) -> String {
         load::hash_sources(&self.sources)
@@ -238,6 +247,16 @@ pub struct Origin {
     pub pointer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
+}
+
+impl Origin {
+    /// Whether this is razar's task launching a Crown model (`crown.models[i]`), not a
+    /// declared component.
+    pub fn is_model_launch(&self) -> bool {
+        self.pointer
+            .as_deref()
+            .is_some_and(|p| p.starts_with("/crown/models/"))
+    }
 }
 
 impl std::fmt::Display for Origin {

@@ -347,7 +347,7 @@ pub fn with_model_launches(graph: &Graph, missing: &[usize]) -> (Graph, Vec<usiz
             continue;
         };
         let name = model_task_name(&config, &model.capability);
-        config.components.push(Component {
+        let index = config.push_component(Component {
             name,
             kind: Kind::Task,
             command: Some(model.launch.clone()),
@@ -378,7 +378,7 @@ pub fn with_model_launches(graph: &Graph, missing: &[usize]) -> (Graph, Vec<usiz
                 line: None,
             },
         });
-        added.push(config.components.len() - 1);
+        added.push(index);
     }
     let graph = graph::compile(config)
         .expect("model launch tasks have no dependencies, so the graph stays acyclic");

@@ -159,10 +159,30 @@ fn action(name: &str) -> Result<Action, String> {
 pub(super) fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Plan {
     let merge = merge(graph, selected, options);
     let merged_graph = match merge.config_changed {
-        true => graph::compile(merge.config).expect(
-            "merged config only changes priorities and adds `after` edges, each checked for \
-             cycles and unknown names",
-        ),
+        // The merge only changes priorities and adds `after` edges, each checked for cycles
+        // and unknown names; should the result still not compile, no suggestion is applied
+        // rather than razar stopping on what Crown sent.
+        true => match graph::compile(merge.config) {
+            Ok(merged) => merged,
+            Err(diags) => {
+                let mut unmerged = options.clone();
+                unmerged.suggestions.clear();
+                let mut plan = super::build(graph, selected, &unmerged);
+                plan.suggestions = merge
+                    .outcomes
+                    .into_iter()
+                    .map(|mut outcome| {
+                        outcome.applied = false;
+                        outcome.effect = format!(
+                            "not applied: the suggestions together do not make a valid graph ({})",
+                            diags.to_string().trim_end().replace('\n', "; ")
+                        );
+                        outcome
+                    })
+                    .collect();
+                return plan;
+            }
+        },
         false => graph.clone(),
     };
     let mut plan = super::build(&merged_graph, selected, &merge.options);
@@ -304,6 +324,9 @@ impl Ctx<'_> {
             }
             return Err(why);
         };
+        if self.graph.components()[i].origin.is_model_launch() {
+            return Err(model_launch_refusal(name));
+        }
         if !self.selected.contains(&i) {
             return Err(format!(
                 "`{name}` is not part of this boot (not needed by the targets)"
@@ -316,6 +339,14 @@ impl Ctx<'_> {
         }
         Ok(i)
     }
+}
+
+/// Why a suggestion may not name razar's launch of a Crown model: the launch goes first and no
+/// component waits for it (docs/crown-protocol.md), whatever Crown says.
+fn model_launch_refusal(name: &str) -> String {
+    format!(
+        "`{name}` is razar's launch of a Crown model, not a declared component: suggestions cannot move, delay or skip it, nor make a component wait for it"
+    )
 }
 
 /// Suggestions can only reorder, delay or skip declared components: one that carries a
@@ -586,6 +617,9 @@ pub fn revise(
                 }
                 return Err(why);
             };
+            if plan.steps[i].origin.is_model_launch() {
+                return Err(model_launch_refusal(name));
+            }
             if let Some(reason) = plan.steps[i].blocked.as_ref().or(skip.get(name)) {
                 return Err(format!("`{name}` will not run in this boot ({reason})"));
             }
@@ -1110,6 +1144,37 @@ components:
             },
         );
         assert!(plan.suggestions[0].effect.contains("not part of this boot"));
+    }
+
+    #[test]
+    fn mid_boot_suggestions_cannot_touch_a_model_launch() {
+        let g = graph(STACK);
+        let mut plan = plan_with(&g, &[], Options::default());
+        // As crown::session makes it: a step whose origin is `crown.models[0]`.
+        plan.steps[4].origin.pointer = Some("/crown/models/0".to_owned());
+        let launch = plan.steps[4].name.clone();
+        let items: Vec<Sourced> = [
+            serde_json::json!({"action": "after", "component": "web", "after": launch}),
+            serde_json::json!({"action": "skip", "component": launch}),
+        ]
+        .into_iter()
+        .map(|item| Sourced {
+            source: Source::Message {
+                at: "2025-01-01T00:00:01Z".to_owned(),
+            },
+            suggestion: serde_json::from_value(item).unwrap(),
+        })
+        .collect();
+        let revision = revise(&plan, &BTreeSet::new(), &items, None);
+        for outcome in &revision.outcomes {
+            assert!(!outcome.applied, "{outcome:?}");
+            assert!(
+                outcome
+                    .effect
+                    .contains("is razar's launch of a Crown model"),
+                "{outcome:?}"
+            );
+        }
     }
 
     #[test]

@@ -549,6 +549,58 @@ fn plan_applies_downtime_suggestions_and_model_launches_with_provenance() {
 }
 
 #[test]
+fn suggestions_cannot_touch_model_launches_and_model_names_stay_distinct() {
+    let crown = FakeCrown::start(vec![vec![Act::Send(ack(json!({
+        "suggestions": [
+            {"action": "after", "component": "db", "after": "crown-model.GLM4V"},
+            {"action": "prioritize", "component": "crown-model.GLM4V"},
+            {"action": "skip", "component": "crown-model.GLM_4V"}
+        ]
+    })))]]);
+    let dir = tempfile::tempdir().unwrap();
+    // Two more capabilities whose names sanitise to the same task name.
+    let section = format!(
+        "{}\n    - {{capability: 'GLM 4V', launch: [sh, -c, 'echo a']}}\n    - {{capability: 'GLM/4V', launch: [sh, -c, 'echo b']}}",
+        crown_section(&crown.url(), "5s", false)
+    );
+    let config = write_config(dir.path(), &section);
+    let ran = run(razar(dir.path())
+        .args(["plan", "--format", "json", "-c"])
+        .arg(&config));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let plan = plan_json(&ran);
+    let names = step_names(&plan);
+    for model in [
+        "crown-model.GLM4V",
+        "crown-model.GLM_4V",
+        "crown-model.GLM_4V-2",
+    ] {
+        assert_eq!(
+            names.iter().filter(|n| *n == model).count(),
+            1,
+            "{model}: {names:?}"
+        );
+    }
+    let outcomes = plan["suggestions"].as_array().expect("suggestions");
+    assert_eq!(outcomes.len(), 3);
+    for outcome in outcomes {
+        assert_eq!(outcome["applied"], false, "{outcome}");
+        assert!(
+            outcome["effect"]
+                .as_str()
+                .unwrap()
+                .contains("is razar's launch of a Crown model"),
+            "{outcome}"
+        );
+    }
+    let db_deps = &step(&plan, "db")["depends_on"];
+    assert!(
+        db_deps.is_null() || db_deps.as_array().is_some_and(Vec::is_empty),
+        "{db_deps}"
+    );
+}
+
+#[test]
 fn an_advertised_model_is_not_launched() {
     let crown = FakeCrown::start(vec![vec![Act::Send(ack(
         json!({"capabilities": ["GLM-4.1V"]}),

@@ -149,7 +149,9 @@ impl Archive {
                 Some((stamp, rest)) => (stamp, Some(rest)),
                 None => (base, None),
             };
-            if !is_stamp(stamp) {
+            // Only the names razar writes: the brief, `_response` and `_<model>_launch`.
+            let ours = rest.is_none_or(|r| r == "response" || r.ends_with("_launch"));
+            if !is_stamp(stamp) || !ours {
                 continue;
             }
             groups.entry(stamp.to_owned()).or_default().push(Archived {
@@ -486,6 +488,9 @@ mod tests {
             .record_launch(&first, "GLM-4.1V", &serde_json::json!({"ok": true}))
             .expect("launch archived");
         std::fs::write(archive.briefs_dir().join("notes.txt"), "operator notes").unwrap();
+        // A file of the operator's with the pair's stamp is not razar's to remove.
+        let notes = format!("{first}_operator-notes.json");
+        std::fs::write(archive.briefs_dir().join(&notes), "{}").unwrap();
         for n in 1..=KEEP_PAIRS {
             archive
                 .record_handshake(
@@ -502,9 +507,13 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), KEEP_PAIRS * 2 + 1, "{names:?}");
-        assert!(!names.iter().any(|n| n.starts_with(&first)), "{names:?}");
+        assert_eq!(names.len(), KEEP_PAIRS * 2 + 2, "{names:?}");
+        assert!(
+            !names.iter().any(|n| n.starts_with(&first) && *n != notes),
+            "{names:?}"
+        );
         assert!(names.contains(&"notes.txt".to_owned()));
+        assert!(names.contains(&notes), "{names:?}");
     }
 
     #[test]

@@ -281,7 +281,16 @@ pub fn parse_value(value: Value) -> Result<Incoming, Rejected> {
         "repair_suggestion" => serde_json::from_value(body)
             .map(Incoming::RepairSuggestion)
             .map_err(malformed),
-        _ => Err(Rejected::UnknownType(kind)),
+        // Crown names the type: what is logged of it is bounded.
+        _ => Err(Rejected::UnknownType(clipped(&kind, 80))),
+    }
+}
+
+/// At most `max` characters of `text`, marked with `…` when cut.
+fn clipped(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 
@@ -363,6 +372,15 @@ mod tests {
             parse(r#"{"type":"gossip"}"#),
             Err(Rejected::UnknownType("gossip".to_owned()))
         );
+        // A type name Crown makes huge is logged clipped.
+        let long = format!(r#"{{"type":"{}"}}"#, "t".repeat(500_000));
+        match parse(&long) {
+            Err(Rejected::UnknownType(kind)) => {
+                assert_eq!(kind.chars().count(), 81, "{kind}");
+                assert!(kind.ends_with('…'));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             parse(r#"{"type":"suggestions","items":"api"}"#),
             Err(Rejected::Malformed { .. })

@@ -501,6 +501,21 @@ impl Live {
     /// Starts the link on an open connection (or, with `None`, starts disconnected and keeps
     /// trying to connect). `brief` is re-sent, with the current status, on every reconnect.
     pub fn spawn(settings: Settings, connection: Option<Connected>, brief: Brief) -> Live {
+        Self::spawn_with(settings, connection, brief, true)
+    }
+
+    /// [`Live::spawn`] for a Crown that refused the brief: the link never connects (no retry:
+    /// offline for the run) and counts the status messages it could not send.
+    pub fn refused(settings: Settings, brief: Brief) -> Live {
+        Self::spawn_with(settings, None, brief, false)
+    }
+
+    fn spawn_with(
+        settings: Settings,
+        connection: Option<Connected>,
+        brief: Brief,
+        reconnect: bool,
+    ) -> Live {
         let (statuses, status_rx) = mpsc::channel(STATUS_QUEUE);
         let (notice_tx, notices) = mpsc::channel(NOTICE_QUEUE);
         let stop = CancellationToken::new();
@@ -508,9 +523,12 @@ impl Live {
             settings,
             connection.map(|c| c.ws),
             brief,
-            status_rx,
-            notice_tx,
+            Channels {
+                statuses: status_rx,
+                notices: notice_tx,
+            },
             stop.clone(),
+            reconnect,
         ));
         Live {
             statuses,
@@ -627,14 +645,27 @@ pub fn status_of(event: &Event) -> Option<Outgoing> {
     })
 }
 
+/// The link's ends toward the boot: status messages in, notices out.
+struct Channels {
+    statuses: mpsc::Receiver<Outgoing>,
+    notices: mpsc::Sender<Notice>,
+}
+
+/// The link: sends status messages and passes on what Crown says; with `reconnect`, a dropped
+/// connection is reconnected with backoff, until a reconnect's handshake is refused (Crown
+/// said no: offline for the rest of the run, as at the start).
 async fn run(
     settings: Settings,
     mut ws: Option<Ws>,
     mut brief: Brief,
-    mut statuses: mpsc::Receiver<Outgoing>,
-    notices: mpsc::Sender<Notice>,
+    channels: Channels,
     stop: CancellationToken,
+    mut reconnect: bool,
 ) -> Stats {
+    let Channels {
+        mut statuses,
+        notices,
+    } = channels;
     let mut stats = Stats::default();
     let mut failures = 0u32;
     let notify = |notice: Notice| {
@@ -717,6 +748,16 @@ async fn run(
                     }
                 }
             }
+            None if !reconnect => {
+                // Offline for the run: drain the statuses so the boot never blocks.
+                tokio::select! {
+                    message = statuses.recv() => match message {
+                        Some(_) => stats.unsent += 1,
+                        None => return stats,
+                    },
+                    () = stop.cancelled() => return stats,
+                }
+            }
             None => {
                 failures += 1;
                 let pause = tokio::time::sleep(backoff(failures));
@@ -762,6 +803,17 @@ async fn run(
                             attempts: connected.attempts,
                         });
                         ws = Some(connected.ws);
+                    }
+                    Err(failed) if failed.refused.is_some() => {
+                        tracing::warn!(target: "razar::crown", "reconnect refused: {}; offline for the rest of the run", failed.summary());
+                        notify(Notice::Rejected {
+                            at: now_rfc3339(),
+                            why: format!(
+                                "reconnect refused: {}; offline for the rest of the run",
+                                failed.summary()
+                            ),
+                        });
+                        reconnect = false;
                     }
                     Err(failed) => {
                         tracing::info!(target: "razar::crown", "reconnect failed: {}", failed.summary());

@@ -518,11 +518,17 @@ impl Boot {
     /// start keeps trying to connect, so a Crown that comes up mid-boot hears the status).
     pub fn start(settings: Settings, archive: Archive, exchange: Exchange, brief: Brief) -> Boot {
         let stamp = exchange.stamp.clone();
-        let connection = match exchange.reached {
-            Reached::Online(connected) => Some(*connected),
-            Reached::Offline(_) => None,
+        // A Crown that refused the brief is not asked again during the run (an unreachable
+        // one is: it may come up mid-boot).
+        let live = match exchange.reached {
+            Reached::Online(connected) => {
+                link::Live::spawn(settings.clone(), Some(*connected), brief)
+            }
+            Reached::Offline(ref failed) if failed.refused.is_some() => {
+                link::Live::refused(settings.clone(), brief)
+            }
+            Reached::Offline(_) => link::Live::spawn(settings.clone(), None, brief),
         };
-        let live = link::Live::spawn(settings.clone(), connection, brief);
         let status = live.sink();
         let (finish, finished) = tokio::sync::oneshot::channel();
         // Bounded: a boot whose caller stops reading suggestions loses the newest, never blocks.

@@ -601,6 +601,35 @@ fn suggestions_cannot_touch_model_launches_and_model_names_stay_distinct() {
 }
 
 #[test]
+fn a_refused_handshake_is_not_tried_again_during_the_boot() {
+    let crown = FakeCrown::start(vec![vec![Act::Send(
+        json!({"type": "handshake_ack", "ack": "denied", "detail": "maintenance window"})
+            .to_string(),
+    )]]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("razar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nstate_dir: state\ncrown: {{url: {}, timeout: 2s, retries: 2}}\ncomponents:\n  - {{name: slow, kind: task, command: [sleep, '2']}}\n",
+            crown.url()
+        ),
+    )
+    .unwrap();
+    let ran = run(razar(dir.path())
+        .args(["apply", "--until-ready", "-c"])
+        .arg(&config));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("Crown refused the handshake"),
+        "{}",
+        ran.stderr
+    );
+    // Reconnect pauses start at 100 ms: in 2 s an unreachable Crown is tried again and again.
+    assert_eq!(crown.connections(), 1, "{}", ran.stderr);
+}
+
+#[test]
 fn an_advertised_model_is_not_launched() {
     let crown = FakeCrown::start(vec![vec![Act::Send(ack(
         json!({"capabilities": ["GLM-4.1V"]}),

@@ -656,9 +656,17 @@ fn settings(ctx: &mut Ctx, raw: RawHeader) -> Settings {
         url: c.url,
         required: c.required.unwrap_or(false),
         token_env: c.token_env,
-        timeout: ctx
-            .duration("/crown/timeout", c.timeout)
-            .unwrap_or(Duration::from_secs(5)),
+        timeout: match ctx.duration("/crown/timeout", c.timeout) {
+            Some(Duration::ZERO) => {
+                ctx.problem(
+                    "/crown/timeout",
+                    "`timeout` is 0: no handshake could ever be answered".to_owned(),
+                    Some("give Crown time to answer, e.g. `timeout: 5s`"),
+                );
+                Duration::from_secs(5)
+            }
+            timeout => timeout.unwrap_or(Duration::from_secs(5)),
+        },
         retries: c.retries.unwrap_or(3),
         models: c
             .models

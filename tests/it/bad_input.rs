@@ -163,6 +163,11 @@ const CASES: &[Case] = &[
         Some(7),
     ),
     case(
+        "bad/crown_timeout_zero.yaml",
+        "`timeout` is 0: no handshake could ever be answered",
+        Some(4),
+    ),
+    case(
         "bad/env_float.yaml",
         "is read as `3.1`, which may not be what the program should see",
         Some(7),

@@ -132,7 +132,7 @@ pub fn load_saved_plan(path: &Path) -> Result<Plan, Error> {
 fn build_plan(
     request: &ApplyRequest,
     runtime: &tokio::runtime::Runtime,
-) -> Result<(Plan, Store, Option<RunCrown>), Error> {
+) -> Result<Option<(Plan, Store, Option<RunCrown>)>, Error> {
     let graph = crate::graph::load(&request.files)?;
     let selected = graph.select(&request.targets)?;
     let store = Store::open_deferred(&graph.config().state_dir)?;
@@ -147,16 +147,34 @@ fn build_plan(
     );
     let (status, open_issues) = crown::session::known(&store.view());
     let mut recorded = Ok(());
-    let (plan, crown) = runtime.block_on(crown::session::plan_for_run(
-        &graph,
-        &selected,
-        options,
-        &status,
-        open_issues,
-        &mut |record| recorded = store.record_handshake(record),
-    ))?;
+    // Consulting Crown can take its whole timeout: a signal meanwhile ends the apply as
+    // interrupted (exit 130), nothing started.
+    let mut record = |record: &serde_json::Value| recorded = store.record_handshake(record);
+    let consulted = runtime.block_on(async {
+        let consult = crown::session::plan_for_run(
+            &graph,
+            &selected,
+            options,
+            &status,
+            open_issues,
+            &mut record,
+        );
+        let Ok(listener) = exec::signal::Listener::install() else {
+            return consult.await.map(Some);
+        };
+        let interrupted = Shutdown::new();
+        let mut asked = interrupted.subscribe();
+        tokio::select! {
+            consulted = consult => consulted.map(Some),
+            never = listener.listen(interrupted.clone()) => match never {},
+            _ = asked.changed() => Ok(None),
+        }
+    })?;
+    let Some((plan, crown)) = consulted else {
+        return Ok(None);
+    };
     recorded?;
-    Ok((plan, store, crown))
+    Ok(Some((plan, store, crown)))
 }
 
 /// Crown for a saved plan: consulted like for a fresh plan; its downtime and suggestions are
@@ -205,7 +223,10 @@ pub fn apply(request: ApplyRequest) -> Result<Outcome, Error> {
             let crown = saved_plan_crown(&plan, &store, &request, &runtime)?;
             (plan, store, crown)
         }
-        None => build_plan(&request, &runtime)?,
+        None => match build_plan(&request, &runtime)? {
+            Some(built) => built,
+            None => return Ok(Outcome::Interrupted),
+        },
     };
     // Crown's verdict (online or offline, downtime, launches) before the boot's first line.
     for line in crown.iter().flat_map(|c| &c.report) {

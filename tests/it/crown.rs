@@ -720,6 +720,50 @@ fn unreachable_crown_goes_offline_or_aborts_when_required() {
 }
 
 #[test]
+fn a_signal_while_crown_is_consulted_ends_the_apply_as_interrupted() {
+    let crown = FakeCrown::start(vec![vec![]]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &crown_section(&crown.url(), "30s", false));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_razar"))
+        .args(["apply", "--until-ready", "-c"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env_remove("CROWN_WS_URL")
+        .env(TOKEN_VAR, TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("razar runs");
+    // Once the brief has arrived, razar waits for a reply that never comes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while crown.messages().is_empty() {
+        assert!(Instant::now() < deadline, "no handshake arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let asked = Instant::now();
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().expect("razar exits");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    // Nothing started: no component left a log.
+    let logs = dir.path().join("state/logs");
+    let written: Vec<_> = std::fs::read_dir(&logs)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(written.is_empty(), "{written:?}");
+}
+
+#[test]
 fn a_silent_crown_costs_the_timeout_and_no_more() {
     let crown = FakeCrown::start(vec![vec![]]);
     let dir = tempfile::tempdir().unwrap();

@@ -609,6 +609,27 @@ impl Boot {
     }
 }
 
+/// What a reconnect's reply asks of the boot under way: a `skip` for each component under
+/// downtime (with Crown's description as the reason), then its suggestions.
+fn reconnect_advice(ack: &HandshakeAck) -> Vec<Suggestion> {
+    let downtime = ack.downtime.iter().map(|(name, downtime)| {
+        let mut reason = String::from("Crown downtime");
+        if !downtime.description.trim().is_empty() {
+            reason.push_str(": ");
+            reason.push_str(downtime.description.trim());
+        }
+        Suggestion {
+            action: "skip".to_owned(),
+            component: Some(name.clone()),
+            after: None,
+            value: None,
+            reason: Some(reason),
+            extra: BTreeMap::new(),
+        }
+    });
+    downtime.chain(ack.suggestions.iter().cloned()).collect()
+}
+
 /// Records what the link reports and passes suggestions on, until the boot finishes.
 async fn pump(
     mut live: link::Live,
@@ -686,6 +707,18 @@ async fn pump(
                     ),
                     &at,
                 );
+                // The reply counts like a mid-boot message: its downtime skips steps that have
+                // not started, and its suggestions are judged against them.
+                let sourced: Vec<Sourced> = reconnect_advice(&ack)
+                    .into_iter()
+                    .map(|suggestion| Sourced {
+                        source: Source::Message { at: at.clone() },
+                        suggestion,
+                    })
+                    .collect();
+                if !sourced.is_empty() && suggestions.try_send(sourced).is_err() {
+                    tracing::warn!(target: "razar::crown", "mid-boot suggestions dropped: nobody reads them");
+                }
             }
         }
     }

@@ -764,6 +764,60 @@ fn a_signal_while_crown_is_consulted_ends_the_apply_as_interrupted() {
 }
 
 #[test]
+fn a_reconnect_reply_skips_what_is_under_downtime_and_judges_its_suggestions() {
+    // Connection 1 accepts, then drops; the reconnect's reply puts `late` under downtime and
+    // suggests skipping `other`.
+    let crown = FakeCrown::start(vec![
+        vec![Act::Send(ack(json!({}))), Act::Close],
+        vec![Act::Send(ack(json!({
+            "downtime": {"late": {"description": "disk swap"}},
+            "suggestions": [{"action": "skip", "component": "other", "reason": "not needed"}]
+        })))],
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("razar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nstate_dir: state\nparallelism: 1\ncrown: {{url: {}, timeout: 5s}}\ncomponents:\n  - {{name: first, kind: task, command: [sleep, '2']}}\n  - {{name: late, kind: task, command: ['true'], depends_on: [first]}}\n  - {{name: other, kind: task, command: ['true'], depends_on: [first]}}\n",
+            crown.url()
+        ),
+    )
+    .unwrap();
+    let ran = run(razar(dir.path())
+        .args(["apply", "--until-ready", "--json", "-c"])
+        .arg(&config));
+    assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(crown.connections() >= 2, "no reconnect: {}", ran.stderr);
+    let events: Vec<Value> = ran
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event"))
+        .collect();
+    let spawned = |name: &str| {
+        events
+            .iter()
+            .any(|e| e["event"] == "spawned" && e["component"] == name)
+    };
+    assert!(spawned("first"));
+    assert!(!spawned("late"), "{}", ran.stdout);
+    assert!(!spawned("other"), "{}", ran.stdout);
+    let skipped = |name: &str, why: &str| {
+        events.iter().any(|e| {
+            e["event"] == "skipped"
+                && e["component"] == name
+                && e["reason"].as_str().is_some_and(|r| r.contains(why))
+        })
+    };
+    assert!(
+        skipped("late", "Crown downtime: disk swap"),
+        "{}",
+        ran.stdout
+    );
+    assert!(skipped("other", "not needed"), "{}", ran.stdout);
+}
+
+#[test]
 fn a_silent_crown_costs_the_timeout_and_no_more() {
     let crown = FakeCrown::start(vec![vec![]]);
     let dir = tempfile::tempdir().unwrap();

@@ -59,7 +59,38 @@ pub fn load_brief(path: &std::path::Path) -> Result<Brief, crate::diag::Diagnost
         bare: Brief,
     }
     let hint = r#"a brief is {"priority_map": {"api": 1}, "current_status": {"api": "ready"}, "open_issues": []}"#;
-    let (file, _): (File, String) = crate::plan::suggest::read_json(path, "brief", hint)?;
+    let (file, text): (File, String) = crate::plan::suggest::read_json(path, "brief", hint)?;
+    // A bare brief's keys are known: a misspelt one would send an empty brief unnoticed. A
+    // handshake message carrying one under `brief` has other keys of its own.
+    if file.brief.is_none() {
+        const KEYS: [&str; 3] = ["priority_map", "current_status", "open_issues"];
+        let value: Value = serde_json::from_str(&text).unwrap_or_default();
+        let keys: Vec<&str> = value
+            .as_object()
+            .map(|map| map.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let unknown: Vec<&str> = keys.iter().copied().filter(|k| !KEYS.contains(k)).collect();
+        if !unknown.is_empty() || keys.is_empty() {
+            let message = if unknown.is_empty() {
+                "the file holds no brief".to_owned()
+            } else {
+                format!(
+                    "unknown key(s) in a brief: {}",
+                    unknown
+                        .iter()
+                        .map(|k| match crate::graph::nearest(k, KEYS.into_iter()) {
+                            Some(near) => format!("`{k}` (did you mean `{near}`?)"),
+                            None => format!("`{k}`"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let mut diags = crate::diag::Diagnostics::new();
+            diags.push(crate::diag::Problem::file(path, message).with_hint(hint));
+            return Err(diags);
+        }
+    }
     Ok(file.brief.unwrap_or(file.bare))
 }
 

@@ -448,6 +448,20 @@ fn a_brief_file_in_abzu_shape_is_sent_as_is() {
         run(razar(dir.path()).args(["crown", "handshake", "brief.json", "--url", &crown.url()]));
     assert_eq!(ran.code, Some(2), "{}", ran.stderr);
     assert!(ran.stderr.contains("brief.json:1:"), "{}", ran.stderr);
+
+    // A misspelt key would send an empty brief: refused, naming it.
+    let before = crown.connections();
+    std::fs::write(&brief, r#"{"priorty_map": {"api": 1}}"#).unwrap();
+    let ran =
+        run(razar(dir.path()).args(["crown", "handshake", "brief.json", "--url", &crown.url()]));
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("`priorty_map` (did you mean `priority_map`?)"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(crown.connections(), before, "nothing sent");
 }
 
 #[test]

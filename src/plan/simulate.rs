@@ -92,9 +92,20 @@ pub fn simulate_keyed(nodes: &[SimNode], parallelism: usize, key: &[usize]) -> S
             sequence.push(p);
             start_ms[p] = now;
             started += 1;
-            events.push(Reverse((now + nodes[p].weight_ms, Ev::Ready(p))));
+            // A step taking no time (a milestone) is reached the moment it starts, as the
+            // executor reaches it: its dependents compete for the slots at this same moment,
+            // not after the steps already eligible took them.
+            let instant = nodes[p].weight_ms == 0;
+            if instant {
+                ready_ms[p] = now;
+                if nodes[p].holds_slot {
+                    free += 1;
+                }
+            } else {
+                events.push(Reverse((now + nodes[p].weight_ms, Ev::Ready(p))));
+            }
             for &(dep, condition) in &dependents[p] {
-                if condition == Condition::Started {
+                if condition == Condition::Started || instant {
                     remaining[dep] -= 1;
                     if remaining[dep] == 0 {
                         newly.push(dep);
@@ -258,6 +269,21 @@ mod tests {
         ];
         let sim = simulate(&nodes, 1);
         assert_eq!(sim.start_ms, vec![0, 0, 100]);
+    }
+
+    #[test]
+    fn a_milestones_dependent_competes_for_slots_the_moment_it_is_reached() {
+        // Key order: the milestone, then `b` behind it, before `z` and `a`, which are
+        // eligible at 0 too. Reached at 0, the milestone frees `b` to take a slot at 0.
+        let milestone = SimNode {
+            deps: vec![],
+            weight_ms: 0,
+            holds_slot: false,
+        };
+        let nodes = [node(&[], 100), milestone, node(&[1], 500), node(&[], 200)];
+        let sim = simulate_keyed(&nodes, 2, &[3, 0, 1, 2]);
+        assert_eq!(sim.start_ms, vec![200, 0, 0, 0]);
+        assert_eq!(sim.makespan_ms, 500);
     }
 
     #[test]

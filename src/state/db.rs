@@ -901,6 +901,24 @@ impl Db {
 
     /// The statistics of the history ring of `key`: from the head staged in memory (there is
     /// one right after a sample for it was committed), else as stored.
+    /// The statistics of the rings whose head is staged (journalled, not yet given to sled,
+    /// so not yet in `history_stats`): `None` for a ring removed or emptied. A read-only
+    /// command lays these over the `history_stats` tree, since it never checkpoints.
+    pub fn staged_ring_stats(&self) -> Vec<(Vec<u8>, Option<super::HistoryStats>)> {
+        lock(&self.pending)
+            .iter()
+            .filter(|((tree, _), _)| *tree == Tree::History as usize)
+            .map(|((_, key), staged)| {
+                let stats = match staged {
+                    Staged::Head(head) => head.stats(),
+                    Staged::Value(bytes) => Stored::stats_of(bytes).ok().flatten(),
+                    Staged::Removed => None,
+                };
+                (key.clone(), stats)
+            })
+            .collect()
+    }
+
     pub fn ring_stats(&self, key: &[u8]) -> Result<Option<super::HistoryStats>, StateError> {
         let staged = match lock(&self.pending).get(&(Tree::History as usize, key.to_vec())) {
             Some(Staged::Head(head)) => Some(head.stats()),

@@ -79,10 +79,20 @@ pub(crate) fn load(db: &Db, recording: bool) -> Result<Loaded, StateError> {
     });
     let components = components?.into_iter().map(|(k, v)| (utf8(k), v)).collect();
     let quarantine = quarantine?.into_iter().map(|(k, v)| (utf8(k), v)).collect();
-    let history = history?
+    let mut history: BTreeMap<String, HistoryStats> = history?
         .into_iter()
         .map(|(k, stats)| (utf8(k), stats))
         .collect();
+    // Samples an interrupted apply journalled: an apply gives them to sled at open (which
+    // derives their statistics); a reader, which never does, lays them over.
+    if !recording {
+        for (key, stats) in db.staged_ring_stats() {
+            match stats {
+                Some(stats) => history.insert(utf8(key), stats),
+                None => history.remove(&utf8(key)),
+            };
+        }
+    }
     Ok(Loaded {
         run,
         run_seq,

@@ -286,7 +286,7 @@ fn reading_commands_leave_the_journal_of_a_killed_apply_alone() {
     std::fs::write(&journal, &before).expect("append");
     for args in [
         vec!["status", "-c", "razar.yaml", "--json"],
-        vec!["history", "-c", "razar.yaml"],
+        vec!["history", "-c", "razar.yaml", "--json"],
         vec!["plan", "-c", "razar.yaml"],
         vec!["quarantine", "list", "-c", "razar.yaml"],
     ] {
@@ -299,6 +299,11 @@ fn reading_commands_leave_the_journal_of_a_killed_apply_alone() {
         if args[0] == "status" {
             let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
             assert_eq!(status["components"][0]["status"], "ready", "{status:#}");
+        }
+        if args[0] == "history" {
+            // The sample of svc's readiness is in the journal only.
+            let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            assert_eq!(history["components"][0]["samples"], 1, "{history:#}");
         }
     }
     let names: Vec<String> = std::fs::read_dir(stack.state())

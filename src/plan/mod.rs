@@ -344,6 +344,19 @@ pub fn build(graph: &Graph, selected: &BTreeSet<usize>, options: &Options) -> Pl
         .copied()
         .filter(|&i| in_plan[i] && !is_excluded[i])
         .collect();
+    // A blocked step never runs: it weighs nothing in the ranks and the search, as in the
+    // simulation below.
+    let weights = if blocked.iter().any(Option::is_some) {
+        let mut zeroed = weights;
+        for (i, why) in blocked.iter().enumerate() {
+            if why.is_some() {
+                zeroed[i].0 = 0;
+            }
+        }
+        zeroed
+    } else {
+        weights
+    };
     let ordered = order::order(
         graph,
         &included,
@@ -738,6 +751,35 @@ mod tests {
             .to_json(Path::new("/")),
             "deterministic"
         );
+    }
+
+    #[test]
+    fn blocked_steps_weigh_nothing_in_the_ranks() {
+        // f is excluded: s (behind it) and its long estimate never run, so the critical path
+        // is a's alone and nothing says s is on it.
+        let (_dir, g) = graph(
+            2,
+            &[("a", 100, &[]), ("f", 100, &[]), ("s", 1000, &["a", "f"])],
+        );
+        let plan = plan_with(
+            &g,
+            &Options {
+                strategy: Strategy::CriticalPath,
+                exclude: [("f".to_owned(), "quarantined".to_owned())].into(),
+                ..Options::default()
+            },
+        );
+        let s = plan.step("s").expect("s planned");
+        assert!(s.blocked.is_some());
+        assert!(
+            s.reasons.iter().all(|r| !r.text.contains("critical path")),
+            "{:?}",
+            s.reasons
+        );
+        assert_eq!(plan.timeline.critical_path, ["a"]);
+        let a = plan.step("a").expect("a planned");
+        assert_eq!(a.reasons[0].text, "on critical path, 100ms to go");
+        assert!(!render_gantt_mermaid(&plan).contains("    s :"));
     }
 
     #[test]

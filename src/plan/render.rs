@@ -153,7 +153,7 @@ pub fn render_text(plan: &Plan, gantt: bool) -> String {
     let guessed = plan
         .steps
         .iter()
-        .filter(|s| s.weight_source == WeightSource::Default)
+        .filter(|s| s.weight_source == WeightSource::Default && s.blocked.is_none())
         .count();
     if guessed > 0 {
         let _ = writeln!(
@@ -199,8 +199,11 @@ pub fn render_gantt_mermaid(plan: &Plan) -> String {
     // waves), and each task's id its position in the plan: names differing only in `.`,
     // `-` and `_` would make the same id.
     let mut by_wave: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    // Blocked steps never run: no bar.
     for (i, step) in plan.steps.iter().enumerate() {
-        by_wave.entry(step.wave).or_default().push(i);
+        if step.blocked.is_none() {
+            by_wave.entry(step.wave).or_default().push(i);
+        }
     }
     for (wave, steps) in by_wave {
         let _ = writeln!(out, "    section wave {wave}");

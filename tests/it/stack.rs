@@ -104,10 +104,26 @@ impl Stack {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound to port 0, then released for the service to take).
+/// A free TCP port on 127.0.0.1 for a service to take, released at once. Picked below the
+/// kernel's ephemeral range (32768 and up by default) and never twice in this process: a port
+/// from there (`bind` to port 0) could be handed, before the service binds it, to another
+/// test's port-0 bind or to the client end of a probe's connection, and the service would then
+/// fail to start.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Spread over the range by pid, so test processes running side by side rarely meet.
+    let offset = std::process::id().wrapping_mul(7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left below the ephemeral range");
+        let port = u16::try_from(LOW + (offset + n) % SPAN).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running `razar apply --json`.

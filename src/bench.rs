@@ -60,6 +60,9 @@ pub struct BenchReport {
     /// The explored order stored for this configuration, if `explore` found one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_order: Option<StoredOrder>,
+    /// The order an earlier search stored, when `explore` used it as it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reused_order: Option<StoredOrder>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +131,13 @@ impl BenchReport {
                 ms(stored.makespan_ms),
                 ms(stored.critical_path_makespan_ms)
             );
+        } else if let Some(reused) = &self.reused_order {
+            let _ = writeln!(
+                out,
+                "explore: used the order an earlier search stored, predicting {} (critical path schedule {})",
+                ms(reused.makespan_ms),
+                ms(reused.critical_path_makespan_ms)
+            );
         } else if self
             .strategies
             .iter()
@@ -190,6 +200,17 @@ fn build(
         exclude,
     );
     Ok(plan::build(graph, &selected, &options))
+}
+
+/// The stored order `plan` reused as it was, if its `explore` did.
+fn reused_order(plan: &Plan) -> Option<StoredOrder> {
+    plan.explored
+        .as_ref()
+        .filter(|e| e.source == plan::ExploreSource::Stored)
+        .map(|e| StoredOrder {
+            makespan_ms: e.makespan_ms,
+            critical_path_makespan_ms: e.critical_path_makespan_ms,
+        })
 }
 
 /// Keeps what a search found (a stored order that was reused stays as it is).
@@ -255,6 +276,7 @@ fn real(
     let shutdown = Shutdown::new();
     let mut times: BTreeMap<Strategy, Vec<(u64, u64)>> = BTreeMap::new();
     let mut stored_order = None;
+    let mut reused_order_seen = None;
     let mut outcome = Outcome::Success;
     let mut failure = None;
     let result: Result<(), Error> = runtime.block_on(async {
@@ -273,6 +295,8 @@ fn real(
                     )?;
                     if let Some(found) = store_explored(&store, &plan)? {
                         stored_order = Some(found);
+                    } else if let Some(reused) = reused_order(&plan) {
+                        reused_order_seen = Some(reused);
                     }
                     let mut options = exec::Options::new(crate::apply::new_run_id());
                     options.until_ready = true;
@@ -372,6 +396,11 @@ fn real(
             strategies: results,
             interrupted: outcome == Outcome::Interrupted,
             failure,
+            reused_order: if stored_order.is_none() {
+                reused_order_seen
+            } else {
+                None
+            },
             stored_order,
         },
         outcome,
@@ -536,6 +565,7 @@ fn simulated(
         stored_order = store_explored(&store, plan)?;
         store.sync()?;
     }
+    let reused = plans.iter().find_map(reused_order);
     let strategies = plans
         .iter()
         .zip(per_strategy)
@@ -554,6 +584,7 @@ fn simulated(
             interrupted: false,
             failure: None,
             stored_order,
+            reused_order: reused,
         },
         Outcome::Success,
     ))

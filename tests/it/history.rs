@@ -193,9 +193,12 @@ fn bench_simulate_compares_strategies_and_stores_the_explored_order() {
     assert_eq!(strategies[2]["predicted_ms"], 900);
     assert_eq!(report["stored_order"]["makespan_ms"], 900);
 
-    // Reproducible with the same seed, different with another.
+    // Reproducible with the same seed, different with another; a second bench reuses the
+    // stored order and says so.
     let again = json(razar(dir.path()).args(args));
     assert_eq!(again["strategies"], report["strategies"]);
+    assert!(again["stored_order"].is_null(), "{again}");
+    assert_eq!(again["reused_order"]["makespan_ms"], 900, "{again}");
     let other = json(razar(dir.path()).args(args).args(["--seed", "9"]));
     assert_ne!(
         other["strategies"][0]["runs_ms"],
@@ -218,6 +221,10 @@ fn bench_simulate_compares_strategies_and_stores_the_explored_order() {
         "{table}"
     );
     assert!(table.contains("critical-path"), "{table}");
+    assert!(
+        table.contains("explore: used the order an earlier search stored, predicting 900ms"),
+        "{table}"
+    );
 }
 
 #[test]

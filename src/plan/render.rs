@@ -91,11 +91,17 @@ pub fn render_text(plan: &Plan, gantt: bool) -> String {
     let blocked = plan.steps.iter().filter(|s| s.blocked.is_some()).count();
     let _ = writeln!(
         out,
-        "{} steps ({} blocked, {} excluded), {} dependencies; strategy {}, parallelism {}; predicted {} (lower bound {}, critical path {}: {})",
+        "{} step{} ({} blocked, {} excluded), {} dependenc{}; strategy {}, parallelism {}; predicted {} (lower bound {}, critical path {}: {})",
         plan.steps.len(),
+        if plan.steps.len() == 1 { "" } else { "s" },
         blocked,
         plan.excluded.len(),
         plan.dependency_count(),
+        if plan.dependency_count() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
         plan.strategy.as_str(),
         plan.parallelism,
         ms(t.makespan_ms),

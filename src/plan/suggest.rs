@@ -1146,6 +1146,19 @@ components:
         assert!(plan.suggestions[0].effect.contains("not part of this boot"));
     }
 
+    /// Suggestions as a mid-boot message carried them.
+    fn mid_boot(items: Vec<serde_json::Value>) -> Vec<Sourced> {
+        items
+            .into_iter()
+            .map(|item| Sourced {
+                source: Source::Message {
+                    at: "2025-01-01T00:00:01Z".to_owned(),
+                },
+                suggestion: serde_json::from_value(item).unwrap(),
+            })
+            .collect()
+    }
+
     #[test]
     fn mid_boot_suggestions_cannot_touch_a_model_launch() {
         let g = graph(STACK);
@@ -1153,18 +1166,10 @@ components:
         // As crown::session makes it: a step whose origin is `crown.models[0]`.
         plan.steps[4].origin.pointer = Some("/crown/models/0".to_owned());
         let launch = plan.steps[4].name.clone();
-        let items: Vec<Sourced> = [
+        let items = mid_boot(vec![
             serde_json::json!({"action": "after", "component": "web", "after": launch}),
             serde_json::json!({"action": "skip", "component": launch}),
-        ]
-        .into_iter()
-        .map(|item| Sourced {
-            source: Source::Message {
-                at: "2025-01-01T00:00:01Z".to_owned(),
-            },
-            suggestion: serde_json::from_value(item).unwrap(),
-        })
-        .collect();
+        ]);
         let revision = revise(&plan, &BTreeSet::new(), &items, None);
         for outcome in &revision.outcomes {
             assert!(!outcome.applied, "{outcome:?}");
@@ -1183,22 +1188,14 @@ components:
         let plan = plan_with(&g, &[], Options::default());
         assert_eq!(order(&plan), ["db", "redis", "api", "web", "worker"]);
         let started: BTreeSet<String> = ["db".to_owned(), "redis".to_owned()].into();
-        let items: Vec<Sourced> = [
+        let items = mid_boot(vec![
             serde_json::json!({"action": "prioritize", "component": "worker"}),
             serde_json::json!({"action": "defer", "component": "db"}),
             serde_json::json!({"action": "after", "component": "web", "after": "worker", "reason": "shared disk"}),
             serde_json::json!({"action": "after", "component": "api", "after": "web"}),
             serde_json::json!({"action": "skip", "component": "ghost"}),
             serde_json::json!({"action": "prioritize", "component": "api", "command": ["rm", "-rf", "/"]}),
-        ]
-        .into_iter()
-        .map(|item| Sourced {
-            source: Source::Message {
-                at: "2025-01-01T00:00:01Z".to_owned(),
-            },
-            suggestion: serde_json::from_value(item).unwrap(),
-        })
-        .collect();
+        ]);
         let revision = revise(&plan, &started, &items, None);
         let applied: Vec<bool> = revision.outcomes.iter().map(|o| o.applied).collect();
         assert_eq!(applied, [true, false, true, false, false, false]);

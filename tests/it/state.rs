@@ -81,6 +81,20 @@ impl Dir {
         }
     }
 
+    /// A state directory after the boot of [`boot_with_quarantine`], finished: `db` and `cron`
+    /// stand for the services still running (killed and reaped when dropped).
+    fn after_a_boot() -> (Dir, Proc, Proc) {
+        let dir = Dir::new();
+        let db = Proc::sleep();
+        let cron = Proc::sleep();
+        {
+            let store = Store::open(&dir.state()).expect("open");
+            boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
+            finish(&store, &dir);
+        }
+        (dir, db, cron)
+    }
+
     fn plan(&self) -> razar::plan::Plan {
         let out = self.razar(&["plan", "--format", "json"]);
         assert_eq!(out.code, Some(0), "{}", out.show());
@@ -283,14 +297,7 @@ fn after_an_interrupted_run_status_says_what_never_started() {
 
 #[test]
 fn status_reports_components_from_the_database_and_notices_dead_pids() {
-    let dir = Dir::new();
-    let mut db = Proc::sleep();
-    let cron = Proc::sleep();
-    {
-        let store = Store::open(&dir.state()).expect("open");
-        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
-        finish(&store, &dir);
-    }
+    let (dir, mut db, _cron) = Dir::after_a_boot();
     let out = dir.razar(&["status", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.show());
     let status = out.json();
@@ -409,14 +416,7 @@ fn status_and_plan_work_while_an_apply_holds_the_state() {
 
 #[test]
 fn quarantine_list_show_release_and_the_next_plan() {
-    let dir = Dir::new();
-    let db = Proc::sleep();
-    let cron = Proc::sleep();
-    {
-        let store = Store::open(&dir.state()).expect("open");
-        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
-        finish(&store, &dir);
-    }
+    let (dir, _db, _cron) = Dir::after_a_boot();
     let out = dir.razar(&["quarantine", "list"]);
     assert_eq!(out.code, Some(0), "{}", out.show());
     let api_line = out
@@ -501,14 +501,7 @@ fn quarantine_list_show_release_and_the_next_plan() {
 
 #[test]
 fn a_release_that_cannot_update_the_files_changes_nothing() {
-    let dir = Dir::new();
-    let db = Proc::sleep();
-    let cron = Proc::sleep();
-    {
-        let store = Store::open(&dir.state()).expect("open");
-        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
-        finish(&store, &dir);
-    }
+    let (dir, _db, _cron) = Dir::after_a_boot();
     let record = dir.state().join("quarantine/api.json");
     let log = dir.state().join("quarantine_log.md");
     let log_before = std::fs::read_to_string(&log).expect("log");
@@ -552,14 +545,7 @@ fn a_release_that_cannot_update_the_files_changes_nothing() {
 
 #[test]
 fn a_quarantine_record_of_a_newer_razar_is_refused_naming_it() {
-    let dir = Dir::new();
-    let db = Proc::sleep();
-    let cron = Proc::sleep();
-    {
-        let store = Store::open(&dir.state()).expect("open");
-        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
-        finish(&store, &dir);
-    }
+    let (dir, _db, _cron) = Dir::after_a_boot();
     let file = dir.state().join("quarantine/api.json");
     let mut record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).expect("record")).expect("JSON");
@@ -583,14 +569,7 @@ fn a_quarantine_record_of_a_newer_razar_is_refused_naming_it() {
 
 #[test]
 fn a_stale_lock_file_does_not_block_writers() {
-    let dir = Dir::new();
-    let db = Proc::sleep();
-    let cron = Proc::sleep();
-    {
-        let store = Store::open(&dir.state()).expect("open");
-        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
-        finish(&store, &dir);
-    }
+    let (dir, _db, _cron) = Dir::after_a_boot();
     // A razar killed long ago: its pid is dead (a reaped child), the file remains.
     let mut gone = Proc::sleep();
     let dead = gone.pid();
@@ -630,14 +609,7 @@ fn a_lock_file_naming_a_live_process_that_holds_no_lock_is_not_trusted() {
 
 #[test]
 fn history_shows_learned_durations_and_feeds_the_plan() {
-    let dir = Dir::new();
-    let db = Proc::sleep();
-    let cron = Proc::sleep();
-    {
-        let store = Store::open(&dir.state()).expect("open");
-        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
-        finish(&store, &dir);
-    }
+    let (dir, _db, _cron) = Dir::after_a_boot();
     let out = dir.razar(&["history", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.show());
     let history = out.json();
@@ -772,14 +744,7 @@ fn logs_that_cannot_be_read_are_an_error_naming_the_file() {
 
 #[test]
 fn a_missing_or_incomplete_database_is_said_so_and_left_alone() {
-    let dir = Dir::new();
-    let db = Proc::sleep();
-    let cron = Proc::sleep();
-    {
-        let store = Store::open(&dir.state()).expect("open");
-        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
-        finish(&store, &dir);
-    }
+    let (dir, _db, _cron) = Dir::after_a_boot();
     // sled's own configuration file gone: refused, not recreated.
     let conf = dir.state().join("db/conf");
     let saved = std::fs::read(&conf).expect("conf");
@@ -828,14 +793,7 @@ fn a_user_who_may_only_read_the_state_directory_gets_the_snapshot() {
         );
         return;
     }
-    let dir = Dir::new();
-    let db = Proc::sleep();
-    let cron = Proc::sleep();
-    {
-        let store = Store::open(&dir.state()).expect("open");
-        boot_with_quarantine(&dir, &store, db.pid(), cron.pid());
-        finish(&store, &dir);
-    }
+    let (dir, _db, _cron) = Dir::after_a_boot();
     let status = Command::new("chmod")
         .args(["-R", "a+rX"])
         .arg(dir.path())

@@ -47,6 +47,14 @@ impl Output {
         )
     }
 
+    /// The line of stdout about `name` (a row of `razar status` or `quarantine list`).
+    fn line_of(&self, name: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {}", self.show()))
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.show()))
     }
@@ -286,11 +294,7 @@ fn after_an_interrupted_run_status_says_what_never_started() {
         ));
     }
     let out = dir.razar(&["status"]);
-    let web = out
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("web "))
-        .unwrap_or_else(|| panic!("{}", out.show()));
+    let web = out.line_of("web");
     assert!(web.contains("not started"), "{}", out.show());
     assert!(!web.contains("waiting"), "{}", out.show());
 }
@@ -340,11 +344,7 @@ fn status_reports_components_from_the_database_and_notices_dead_pids() {
     assert_eq!(row(&status, "db")["alive"], false);
     assert_eq!(row(&status, "db")["uptime_ms"], serde_json::Value::Null);
     let out = dir.razar(&["status"]);
-    let db_line = out
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("db "))
-        .unwrap_or_else(|| panic!("{}", out.show()));
+    let db_line = out.line_of("db");
     assert!(db_line.contains("gone (was ready)"), "{}", out.show());
     assert!(db_line.contains(&db.pid().to_string()), "{}", out.show());
 }
@@ -419,11 +419,7 @@ fn quarantine_list_show_release_and_the_next_plan() {
     let (dir, _db, _cron) = Dir::after_a_boot();
     let out = dir.razar(&["quarantine", "list"]);
     assert_eq!(out.code, Some(0), "{}", out.show());
-    let api_line = out
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("api "))
-        .unwrap_or_else(|| panic!("{}", out.show()));
+    let api_line = out.line_of("api");
     assert!(api_line.contains("dependency"), "{api_line}");
     assert!(api_line.contains(" 3 "), "{api_line}");
 
@@ -630,11 +626,7 @@ fn history_shows_learned_durations_and_feeds_the_plan() {
 
     let out = dir.razar(&["history", "db"]);
     assert_eq!(out.code, Some(0), "{}", out.show());
-    let line = out
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("db "))
-        .unwrap_or_else(|| panic!("{}", out.show()));
+    let line = out.line_of("db");
     assert!(line.contains("250ms"), "{line}");
     assert!(!out.stdout.contains("migrate"), "{}", out.show());
     let out = dir.razar(&["history", "dbb"]);

@@ -23,6 +23,9 @@ use crate::error::{Error, write_atomic};
 /// Brief/response pairs kept in `mission_briefs/`.
 pub const KEEP_PAIRS: usize = 20;
 
+/// Size past which `interaction_log.jsonl` is rotated to `interaction_log.jsonl.1`.
+pub const INTERACTION_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
 pub const BRIEFS_DIR: &str = "mission_briefs";
 pub const INTERACTION_LOG: &str = "interaction_log.jsonl";
 
@@ -107,6 +110,13 @@ impl Archive {
         std::fs::create_dir_all(&self.state_dir).map_err(wrap)?;
         let mut line = serde_json::to_string(entry).expect("interaction entries serialise");
         line.push('\n');
+        // Capped like a component's log: past the cap the file becomes `.1` (replacing the
+        // previous one) and a new one starts, so a chatty Crown cannot fill the disk.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= INTERACTION_LOG_MAX_BYTES) {
+            let mut rotated = path.clone().into_os_string();
+            rotated.push(".1");
+            std::fs::rename(&path, rotated).map_err(wrap)?;
+        }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -549,6 +559,30 @@ mod tests {
         let entries = archive.interactions();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].action, "suggestions");
+    }
+
+    #[test]
+    fn the_interaction_log_is_rotated_past_its_cap() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let archive = Archive::new(dir.path());
+        let log = archive.interaction_log();
+        // A log at its cap: the next line starts a new one, the old one kept as `.1`.
+        let full = "x".repeat(usize::try_from(INTERACTION_LOG_MAX_BYTES).unwrap());
+        std::fs::write(&log, format!("{full}\n")).unwrap();
+        archive
+            .log(&Interaction {
+                timestamp: "2025-01-01T00:00:00Z".to_owned(),
+                initiator: "crown".to_owned(),
+                action: "suggestions".to_owned(),
+                response_summary: "1 suggestion(s)".to_owned(),
+            })
+            .unwrap();
+        assert_eq!(archive.interactions().len(), 1);
+        let rotated = dir.path().join(format!("{INTERACTION_LOG}.1"));
+        assert_eq!(
+            std::fs::metadata(rotated).unwrap().len(),
+            INTERACTION_LOG_MAX_BYTES + 1
+        );
     }
 
     #[test]

@@ -193,6 +193,25 @@ pub fn history(args: &StateArgs, name: Option<&str>, json: bool) -> Result<Strin
             )
         })
         .collect();
+    if let (Some(name), false, true) = (name, json, entries.is_empty()) {
+        // One component asked for and nothing learned of it: say why, not that the whole
+        // state has no history.
+        let milestone = components
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name == name && c.command.is_none());
+        let why = if milestone {
+            format!("`{name}` is a milestone: it runs nothing, so there is no time to learn")
+        } else {
+            format!("no samples for `{name}` yet: every `razar apply` that runs it adds one")
+        };
+        return Ok(format!(
+            "{}
+{why}
+",
+            view.describe_source()
+        ));
+    }
     Ok(if json {
         render::history_json(&view, &entries)
     } else {

@@ -141,10 +141,15 @@ pub fn render_text(plan: &Plan, gantt: bool) -> String {
         })
         .count();
     if learned > 0 {
+        // Milestones run nothing and blocked steps do not run: neither has a time to learn.
+        let timed = plan
+            .steps
+            .iter()
+            .filter(|s| s.command.is_some() && s.blocked.is_none())
+            .count();
         let _ = writeln!(
             out,
-            "weights: {learned} of {} step(s) from history ({})",
-            plan.steps.len(),
+            "weights: {learned} of {timed} step(s) from history ({})",
             if plan
                 .steps
                 .iter()

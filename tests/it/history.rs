@@ -293,3 +293,27 @@ fn bench_stops_at_a_failed_boot_with_exit_code_1() {
         "{text}"
     );
 }
+
+#[test]
+fn milestones_have_no_history_and_do_not_count_as_timed_steps() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("razar.yaml"),
+        "version: 1\nstate_dir: state\ncomponents:\n  - {name: a, kind: task, command: [\"true\"]}\n  - {name: m, depends_on: [a]}\n  - {name: later, kind: task, command: [\"true\"], optional: true}\n",
+    )
+    .expect("write config");
+    let boot = razar(dir.path())
+        .args(["apply", "--until-ready", "a"])
+        .output()
+        .expect("razar runs");
+    assert!(boot.status.success(), "{boot:?}");
+    let plan = stdout(razar(dir.path()).arg("plan"));
+    assert!(
+        plan.contains("weights: 1 of 2 step(s) from history"),
+        "{plan}"
+    );
+    let m = stdout(razar(dir.path()).args(["history", "m"]));
+    assert!(m.contains("`m` is a milestone"), "{m}");
+    let later = stdout(razar(dir.path()).args(["history", "later"]));
+    assert!(later.contains("no samples for `later` yet"), "{later}");
+}

@@ -416,10 +416,13 @@ pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
     let mut noted = false;
     let holder = loop {
         match crate::state::holder(&plan.state_dir) {
-            Some(holder) if holder.role == Role::Compact => {
+            // A compaction, a release or another down runs nothing of the stack and ends on
+            // its own: wait for it, then stop what runs.
+            Some(holder) if holder.role != Role::Apply => {
                 if !std::mem::replace(&mut noted, true) {
                     reporter.note(&format!(
-                        "waiting for razar compact (pid {}) to finish",
+                        "waiting: {} (pid {})",
+                        holder.role.doing(),
                         holder.pid
                     ));
                 }
@@ -434,7 +437,7 @@ pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
     if !crate::state::Paths::new(&plan.state_dir).dir_exists()? {
         return down_without_state(&plan, &mut reporter);
     }
-    let store = match Store::open(&plan.state_dir) {
+    let store = match Store::open_as(&plan.state_dir, Role::Down) {
         Ok(store) => store,
         // An apply started between the two looks: ask it to stop instead. (A compaction that
         // started meanwhile ends on its own: try again.)

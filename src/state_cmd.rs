@@ -120,7 +120,7 @@ pub fn quarantine(action: &QuarantineAction) -> Result<String, Error> {
                 }
                 .into());
             }
-            let store = state::Store::open(&target.dir)?;
+            let store = state::Store::open_as(&target.dir, state::Role::Release)?;
             let record = store.release(name, note.as_deref())?;
             drop(store);
             Ok(format!(

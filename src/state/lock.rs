@@ -2,7 +2,8 @@
 //!
 //! `<state_dir>/razar.lock` is locked with `flock(LOCK_EX)`, which the kernel releases when the
 //! holder dies, so a lock file left by a killed razar never blocks the next apply. The file
-//! also names the holder (`pid start_time`, then `compact` for `razar compact`) for the
+//! also names the holder (`pid start_time`, then `compact`, `release` or `down` for those
+//! commands) for the
 //! refusal message and for readers, which never hold the lock (they would block an apply that
 //! starts at that moment): a reader trusts the named pid only while that exact process (pid and
 //! start time) is alive and the file is locked, which it tries with a shared lock for an
@@ -27,11 +28,46 @@ pub struct Holder {
 /// What the process holding the lock is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// `razar apply`, or a command that opens the store for a moment (`quarantine release`,
-    /// `razar down` with no apply running).
+    /// `razar apply` (or `razar bench`, which boots the stack too).
     Apply,
     /// `razar compact`, rewriting the database: it runs nothing, and finishes on its own.
     Compact,
+    /// `razar quarantine release`, updating the state for a moment.
+    Release,
+    /// `razar down` with no apply running, stopping what an earlier run left.
+    Down,
+}
+
+impl Role {
+    /// The word after `pid start_time` in the lock file (none for an apply).
+    fn word(self) -> Option<&'static str> {
+        match self {
+            Role::Apply => None,
+            Role::Compact => Some("compact"),
+            Role::Release => Some("release"),
+            Role::Down => Some("down"),
+        }
+    }
+
+    fn from_word(word: Option<&str>) -> Role {
+        match word {
+            Some("compact") => Role::Compact,
+            Some("release") => Role::Release,
+            Some("down") => Role::Down,
+            _ => Role::Apply,
+        }
+    }
+
+    /// What a holder in this role is doing, for messages: `razar compact is rewriting the
+    /// database`.
+    pub fn doing(self) -> &'static str {
+        match self {
+            Role::Apply => "razar apply is running",
+            Role::Compact => "razar compact is rewriting the database",
+            Role::Release => "razar quarantine release is updating the state",
+            Role::Down => "razar down is stopping what runs",
+        }
+    }
 }
 
 /// How long a refused lock is retried while no live holder is named in the file.
@@ -84,11 +120,11 @@ impl ApplyLock {
         let me = std::process::id();
         let start = proc::start_time(me);
         // Razars that know no role read the first two fields: an apply's line stays as it was.
-        let line = match (start, role) {
-            (Some(start), Role::Apply) => format!("{me} {start}\n"),
-            (None, Role::Apply) => format!("{me}\n"),
-            (Some(start), Role::Compact) => format!("{me} {start} compact\n"),
-            (None, Role::Compact) => format!("{me} - compact\n"),
+        let line = match (start, role.word()) {
+            (Some(start), None) => format!("{me} {start}\n"),
+            (None, None) => format!("{me}\n"),
+            (Some(start), Some(word)) => format!("{me} {start} {word}\n"),
+            (None, Some(word)) => format!("{me} - {word}\n"),
         };
         let write = (|| {
             file.set_len(0)?;
@@ -117,10 +153,7 @@ fn read_holder(path: &Path) -> Option<Holder> {
     let mut fields = text.split_whitespace();
     let pid: u32 = fields.next()?.parse().ok()?;
     let start_time = fields.next().and_then(|s| s.parse().ok());
-    let role = match fields.next() {
-        Some("compact") => Role::Compact,
-        _ => Role::Apply,
-    };
+    let role = Role::from_word(fields.next());
     (proc::process_alive(pid, start_time) && locked(&file)).then_some(Holder {
         pid,
         start_time,
@@ -171,6 +204,26 @@ mod tests {
         assert_eq!(holder(dir.path()), None);
         let again = ApplyLock::acquire(&paths, Role::Apply).expect("lock is free after release");
         drop(again);
+    }
+
+    #[test]
+    fn each_role_is_named_in_the_file_and_in_the_refusal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = Paths::new(dir.path());
+        for (role, says) in [
+            (
+                Role::Release,
+                "razar quarantine release is updating the state",
+            ),
+            (Role::Down, "razar down is stopping what runs"),
+            (Role::Compact, "razar compact is rewriting the database"),
+        ] {
+            let lock = ApplyLock::acquire(&paths, role).expect("lock");
+            assert_eq!(holder(dir.path()).map(|h| h.role), Some(role));
+            let refused = ApplyLock::acquire(&paths, Role::Apply).expect_err("held");
+            assert!(refused.to_string().contains(says), "{refused}");
+            drop(lock);
+        }
     }
 
     #[test]

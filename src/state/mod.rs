@@ -146,6 +146,11 @@ fn locked_text(dir: &Path, pid: Option<u32>, role: Role) -> String {
             "razar compact is rewriting the database of `{}` ({holder}); try again once it finishes",
             dir.display()
         ),
+        Role::Release | Role::Down => format!(
+            "{} of `{}` ({holder}); try again once it finishes",
+            role.doing(),
+            dir.display()
+        ),
     }
 }
 

@@ -163,6 +163,7 @@ fn source_name(source: &Source) -> &'static str {
 pub fn status_json(view: &View, rows: &[StatusRow]) -> String {
     let (applying, compacting) = match view.apply {
         Some(holder) if holder.role == Role::Compact => (None, Some(holder)),
+        Some(holder) if holder.role != Role::Apply => (None, None),
         holder => (holder, None),
     };
     let value = json!({
@@ -211,6 +212,11 @@ fn apply_line(view: &View) -> String {
     match (view.apply, run) {
         (Some(holder), _) if holder.role == Role::Compact => format!(
             "apply: not running; razar compact (pid {}) is rewriting the database",
+            holder.pid
+        ),
+        (Some(holder), _) if holder.role != Role::Apply => format!(
+            "apply: not running; {} (pid {})",
+            holder.role.doing(),
             holder.pid
         ),
         (Some(holder), Some(run)) => format!(
@@ -282,7 +288,7 @@ pub fn status_text(view: &View, rows: &[StatusRow]) -> String {
     out.push('\n');
     // Once the last run finished and no apply runs, a component still `waiting` was never
     // started by it (the run was interrupted, or stopped on a failure first).
-    let run_over = view.apply.is_none_or(|h| h.role == Role::Compact)
+    let run_over = view.apply.is_none_or(|h| h.role != Role::Apply)
         && view.run.as_ref().is_some_and(|r| r.finished_at.is_some());
     let cells: Vec<Vec<String>> = rows
         .iter()

@@ -437,10 +437,23 @@ impl Store {
     /// components). [`Store::opened`] returns its outcome; [`Store::close`] reports it too if
     /// nobody asked.
     pub fn open_deferred(state_dir: &Path) -> Result<Store, StateError> {
+        Self::open_deferred_as(state_dir, Role::Apply)
+    }
+
+    /// [`Store::open`] for a command other than an apply (`quarantine release`, `razar
+    /// down`), named so in the lock file: others wait for it instead of taking it for an
+    /// apply to signal.
+    pub fn open_as(state_dir: &Path, role: Role) -> Result<Store, StateError> {
+        let store = Store::open_deferred_as(state_dir, role)?;
+        store.opened()?;
+        Ok(store)
+    }
+
+    fn open_deferred_as(state_dir: &Path, role: Role) -> Result<Store, StateError> {
         let paths = Paths::new(state_dir);
         paths.dir_exists()?;
         std::fs::create_dir_all(&paths.dir).map_err(|e| StateError::io(&paths.dir, e))?;
-        let apply_lock = ApplyLock::acquire(&paths, Role::Apply)?;
+        let apply_lock = ApplyLock::acquire(&paths, role)?;
         let db_was_there = paths.db().exists();
         // The old snapshot is read on a second thread while this one opens the database.
         let state_json = paths.state_json();

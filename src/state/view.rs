@@ -182,9 +182,10 @@ impl View {
     pub fn describe_source(&self) -> String {
         let dir = self.dir.display();
         match (&self.source, &self.apply) {
-            (Source::Snapshot { updated_at }, Some(holder)) if holder.role == Role::Compact => {
+            (Source::Snapshot { updated_at }, Some(holder)) if holder.role != Role::Apply => {
                 format!(
-                    "state: {dir} (from razar_state.json written {updated_at}: razar compact, pid {}, is rewriting the database)",
+                    "state: {dir} (from razar_state.json written {updated_at}: {} (pid {}))",
+                    holder.role.doing(),
                     holder.pid
                 )
             }

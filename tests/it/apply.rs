@@ -917,7 +917,10 @@ fn a_running_compaction_is_named_and_razar_down_waits_for_it() {
         .expect("razar down");
     let mut lines = BufReader::new(down.stdout.take().expect("stdout")).lines();
     let first = lines.next().expect("a line").expect("read");
-    assert!(first.contains("waiting for razar compact"), "{first}");
+    assert!(
+        first.contains("waiting: razar compact is rewriting the database"),
+        "{first}"
+    );
     writeln!(holder.stdin.take().expect("stdin")).expect("release");
     assert!(holder.wait().expect("holder exits").success());
     let rest: Vec<String> = lines.map(|l| l.expect("read")).collect();

@@ -474,7 +474,9 @@ pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
                 || prior
                     .start_time
                     .is_some_and(|start| exec::process_alive(pid, Some(start)));
-            ours.then_some((name, pgid))
+            // A state directory copied while its stack ran records the original's processes.
+            let elsewhere = exec::belongs_elsewhere(pgid, &plan.state_dir);
+            (ours && !elsewhere).then_some((name, pgid))
         })
         .collect();
     let mut recorder = store.recorder(&plan);

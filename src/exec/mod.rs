@@ -255,6 +255,12 @@ pub fn process_alive(pid: u32, start_time: Option<u64>) -> bool {
     }
 }
 
+/// Whether `pid` carries another state directory's `RAZAR_STATE_DIR` (see
+/// [`sys::belongs_elsewhere`]).
+pub fn belongs_elsewhere(pid: u32, state_dir: &Path) -> bool {
+    sys::belongs_elsewhere(pid, state_dir)
+}
+
 /// Sends a signal (by name) to one process, e.g. `razar down` to the apply holding the lock.
 pub fn send_signal(pid: u32, signal: &str) -> std::io::Result<()> {
     let number = sys::signal_number(signal)
@@ -1947,10 +1953,12 @@ impl<'a> Run<'a> {
                 continue;
             }
             let step = self.step(idx);
-            let group = identified
-                .get(&idx)
-                .map(|&(_, pgid)| pgid)
-                .or_else(|| self.options.priors.get(&step.name).and_then(recorded_group));
+            let group = identified.get(&idx).map(|&(_, pgid)| pgid).or_else(|| {
+                self.options
+                    .priors
+                    .get(&step.name)
+                    .and_then(|prior| recorded_group(prior, &self.plan.state_dir))
+            });
             let (signal, grace) = (step.stop.signal.clone(), step.stop.grace);
             let name = step.name.clone();
             self.clean_up(&mut cleanup, &tagged, name, group, signal, grace);
@@ -1977,7 +1985,11 @@ impl<'a> Run<'a> {
                 .filter(|name| !known.contains(name.as_str()))
                 .collect();
             for name in gone {
-                let group = self.options.priors.get(&name).and_then(recorded_group);
+                let group = self
+                    .options
+                    .priors
+                    .get(&name)
+                    .and_then(|prior| recorded_group(prior, &self.plan.state_dir));
                 let grace = crate::config::default_stop().grace;
                 self.clean_up(&mut cleanup, &tagged, name, group, "SIGTERM".into(), grace);
             }
@@ -2029,7 +2041,7 @@ impl<'a> Run<'a> {
 /// The process group a prior run recorded for a component, if it still has members and is
 /// ours: only a group whose leader is gone, or is still the recorded process, is (a reused pid
 /// leading another group must not be signalled).
-fn recorded_group(prior: &Prior) -> Option<u32> {
+fn recorded_group(prior: &Prior, state_dir: &Path) -> Option<u32> {
     let pgid = prior.pgid.or(prior.pid)?;
     let leader_ours = match (prior.pid, prior.start_time) {
         (Some(pid), Some(start)) if pid == pgid => {
@@ -2037,7 +2049,9 @@ fn recorded_group(prior: &Prior) -> Option<u32> {
         }
         _ => !sys::process_exists(pgid),
     };
-    (leader_ours && sys::group_alive(pgid)).then_some(pgid)
+    // Records copied with a state directory name another directory's processes.
+    let elsewhere = sys::belongs_elsewhere(pgid, state_dir);
+    (leader_ours && !elsewhere && sys::group_alive(pgid)).then_some(pgid)
 }
 
 /// The processes of `tagged` that carry `component`'s environment outside its group `pgid`.

@@ -285,6 +285,29 @@ pub fn tagged_processes(state_dir: &Path) -> Vec<Tagged> {
     found
 }
 
+/// Whether `pid` runs with a `RAZAR_STATE_DIR` other than `state_dir`: a process of another
+/// state directory's stack (one copied with its records, say), never to be signalled for
+/// this one. `false` when its environment cannot be read or names no state directory.
+pub fn belongs_elsewhere(pid: u32, state_dir: &Path) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    use std::os::unix::ffi::OsStrExt;
+    let Some(theirs) = environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"RAZAR_STATE_DIR="))
+    else {
+        return false;
+    };
+    let theirs = Path::new(std::ffi::OsStr::from_bytes(theirs));
+    if theirs == state_dir {
+        return false;
+    }
+    // The same directory may be reached by another path (a symlink).
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canonical(theirs) != canonical(state_dir)
+}
+
 /// A pidfd for `pid`: becomes readable when the process exits, whether or not razar is its
 /// parent (how resumed runs supervise adopted components).
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {

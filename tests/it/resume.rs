@@ -388,3 +388,34 @@ fn razar_down_stops_the_stack_even_when_its_state_is_damaged() {
     );
     assert!(processes_of(&stack, "svc").is_empty(), "svc still runs");
 }
+
+#[test]
+fn razar_down_on_a_copied_state_directory_leaves_the_original_stack_alone() {
+    let stack = Stack::new("components:\n  - {name: svc, command: [sleep, \"361\"]}\n");
+    let run = stack.apply(&["--until-ready", "--keep-running"]).finish();
+    assert_eq!(run.code(), Some(0), "{}", run.show());
+    let svc = pid_of(&run.events, "svc");
+    // A copy of the state directory, with its records naming the original's processes.
+    let copy = stack.path().join("copy");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(stack.state())
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    std::fs::write(
+        stack.path().join("copy.yaml"),
+        "version: 1\nstate_dir: copy\ncomponents:\n  - {name: svc, command: [sleep, \"361\"]}\n",
+    )
+    .expect("write config");
+    let down = stack.run(&["down", "-c", "copy.yaml"]);
+    assert_eq!(down.status.code(), Some(0));
+    assert!(
+        alive(svc),
+        "razar down on the copy stopped the original's svc"
+    );
+    let down = stack.run(&["down", "-c", "razar.yaml"]);
+    assert_eq!(down.status.code(), Some(0));
+    assert!(!alive(svc), "svc still runs");
+}

@@ -268,7 +268,17 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
                     ));
                 }
                 Some(_) => Vec::new(),
-                None => config_paths(&config)?,
+                None => config_paths(&config).map_err(|err| {
+                    // `razar apply plans/x.json` with a plan file that is not there reads as
+                    // a target and ends here when there is no default config either.
+                    match targets.iter().find(|t| t.ends_with(".json")) {
+                        Some(missing) => Error::Usage(format!(
+                            "`{missing}` is not an existing plan file, and {}",
+                            err.to_string().trim_start_matches("usage: ")
+                        )),
+                        None => err,
+                    }
+                })?,
             };
             drop(stdout);
             return razar::apply::apply(razar::apply::ApplyRequest {

@@ -634,6 +634,18 @@ fn a_saved_plan_runs_as_saved_and_is_refused_once_stale() {
         stderr.contains("its configuration file") && stderr.contains("is not there"),
         "{stderr}"
     );
+    // A plan file that does not exist, where there is no default config either.
+    let out = stack
+        .command(&["apply", "nosuch.json"])
+        .current_dir(&elsewhere)
+        .output()
+        .expect("razar runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`nosuch.json` is not an existing plan file"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -138,6 +138,9 @@ pub struct HandshakeAck {
     /// Why Crown refused, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Suggestions that did not parse, with why: left out, the rest of the reply stands.
+    #[serde(skip)]
+    pub malformed: Vec<String>,
 }
 
 impl HandshakeAck {
@@ -272,12 +275,24 @@ pub fn parse_value(value: Value) -> Result<Incoming, Rejected> {
         map.remove("type");
     }
     match kind.as_str() {
-        "handshake_ack" => serde_json::from_value(body)
-            .map(Incoming::HandshakeAck)
-            .map_err(malformed),
-        "suggestions" => serde_json::from_value::<SuggestionsBody>(body)
-            .map(|b| Incoming::Suggestions(b.items))
-            .map_err(malformed),
+        "handshake_ack" => {
+            // One suggestion that does not parse is left out, not the whole reply with it.
+            let bad = take_malformed_suggestions(&mut body, "suggestions");
+            serde_json::from_value::<HandshakeAck>(body)
+                .map(|mut ack| {
+                    ack.malformed = bad;
+                    Incoming::HandshakeAck(ack)
+                })
+                .map_err(malformed)
+        }
+        "suggestions" => {
+            for why in take_malformed_suggestions(&mut body, "items") {
+                tracing::warn!(target: "razar::crown", "suggestions message: {why}");
+            }
+            serde_json::from_value::<SuggestionsBody>(body)
+                .map(|b| Incoming::Suggestions(b.items))
+                .map_err(malformed)
+        }
         "repair_suggestion" => serde_json::from_value(body)
             .map(Incoming::RepairSuggestion)
             .map_err(malformed),
@@ -292,6 +307,27 @@ fn clipped(text: &str, max: usize) -> String {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
     }
+}
+
+/// Removes from `body[field]` (a list of suggestions) the items that do not parse as one,
+/// returning why each did not.
+fn take_malformed_suggestions(body: &mut Value, field: &str) -> Vec<String> {
+    let Some(Value::Array(items)) = body.get_mut(field) else {
+        return Vec::new();
+    };
+    let mut bad = Vec::new();
+    let mut index = 0;
+    items.retain(|item| {
+        index += 1;
+        match serde_json::from_value::<Suggestion>(item.clone()) {
+            Ok(_) => true,
+            Err(err) => {
+                bad.push(format!("suggestion {index} is malformed ({err}): left out"));
+                false
+            }
+        }
+    });
+    bad
 }
 
 /// Capability names compare equal when they match ignoring case and punctuation:
@@ -361,6 +397,25 @@ mod tests {
             panic!("expected an ack")
         };
         assert!(!ack.accepted());
+    }
+
+    #[test]
+    fn a_malformed_suggestion_is_left_out_of_the_reply_not_the_reply() {
+        let reply = r#"{"type":"handshake_ack","ack":"ok","downtime":{"cache":"swap"},
+            "suggestions":[{"action":"skip","component":7},{"action":"skip","component":"api"}]}"#;
+        let Ok(Incoming::HandshakeAck(ack)) = parse(reply) else {
+            panic!("the reply stands");
+        };
+        assert!(ack.accepted());
+        assert_eq!(ack.downtime.len(), 1);
+        assert_eq!(ack.suggestions.len(), 1);
+        assert_eq!(ack.suggestions[0].component.as_deref(), Some("api"));
+        assert_eq!(ack.malformed.len(), 1);
+        assert!(
+            ack.malformed[0].starts_with("suggestion 1 is malformed"),
+            "{:?}",
+            ack.malformed
+        );
     }
 
     #[test]

@@ -270,6 +270,7 @@ pub fn advise(config: &Config, ack: &HandshakeAck, early: &[Suggestion], at: &st
             protocol::PROTOCOL
         ));
     }
+    advice.notes.extend(ack.malformed.iter().cloned());
     for (key, downtime) in &ack.downtime {
         let matched = config.component(key).map(|c| c.name.clone()).or_else(|| {
             let wanted = config::normalize(key);

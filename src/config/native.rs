@@ -527,8 +527,16 @@ pub(crate) fn read(
                 .with_hint(hint.clone()),
         );
     }
+    // A header value of the wrong type is located in the whole document (`RawConfig`): the
+    // text holds the components too, which the header type does not know.
     let raw: Option<RawHeader> = if header_valid {
-        typed(path, text, header, locator, diags)
+        match RawHeader::deserialize(header) {
+            Ok(raw) => Some(raw),
+            Err(_) => {
+                locate_type_error::<RawConfig>(path, text, locator, diags);
+                None
+            }
+        }
     } else {
         None
     };

@@ -163,6 +163,11 @@ const CASES: &[Case] = &[
         Some(7),
     ),
     case(
+        "bad/crown_retries_overflow.yaml",
+        "invalid value: integer `4294967296`, expected u32",
+        Some(4),
+    ),
+    case(
         "bad/crown_timeout_zero.yaml",
         "`timeout` is 0: no handshake could ever be answered",
         Some(4),

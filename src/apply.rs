@@ -480,19 +480,7 @@ pub fn down(files: &[PathBuf], json: bool) -> Result<Outcome, Error> {
         })
         .collect();
     let mut recorder = store.recorder(&plan);
-    let mut sinks = Both(&mut recorder, &mut reporter);
-    let shutdown = Shutdown::new();
-    let stopped = runtime()?.block_on(async {
-        let listener = exec::signal::Listener::install()?;
-        tokio::select! {
-            stopped = exec::stop_leftovers(&plan, &groups, &shutdown, &mut sinks) => {
-                Ok::<_, std::io::Error>(stopped)
-            }
-            never = listener.listen(shutdown.clone()) => match never {},
-        }
-    });
-    let stopped = stopped
-        .map_err(|err| Error::Usage(format!("cannot install the signal handlers: {err}")))?;
+    let stopped = stop_leftovers(&plan, &groups, &mut Both(&mut recorder, &mut reporter))?;
     drop(recorder);
     if let Some(failure) = store.failure() {
         return Err(Error::Write {
@@ -517,19 +505,7 @@ fn down_without_state(plan: &Plan, reporter: &mut Reporter) -> Result<Outcome, E
     let stopped = if exec::leftovers(&plan.state_dir).is_empty() {
         0
     } else {
-        let shutdown = Shutdown::new();
-        let no_groups = BTreeMap::new();
-        runtime()?
-            .block_on(async {
-                let listener = exec::signal::Listener::install()?;
-                tokio::select! {
-                    stopped = exec::stop_leftovers(plan, &no_groups, &shutdown, reporter) => {
-                        Ok::<_, std::io::Error>(stopped)
-                    }
-                    never = listener.listen(shutdown.clone()) => match never {},
-                }
-            })
-            .map_err(|err| Error::Usage(format!("cannot install the signal handlers: {err}")))?
+        stop_leftovers(plan, &BTreeMap::new(), reporter)?
     };
     if stopped == 0 {
         reporter.note(&format!(
@@ -538,6 +514,28 @@ fn down_without_state(plan: &Plan, reporter: &mut Reporter) -> Result<Outcome, E
         ));
     }
     Ok(Outcome::Success)
+}
+
+/// Stops what an earlier run left (the recorded `groups`, and processes found by environment),
+/// signals meanwhile handled as during a run (a second one kills at once); returns how many
+/// components had something to stop.
+fn stop_leftovers(
+    plan: &Plan,
+    groups: &BTreeMap<String, u32>,
+    sink: &mut dyn exec::Sink,
+) -> Result<usize, Error> {
+    let shutdown = Shutdown::new();
+    runtime()?
+        .block_on(async {
+            let listener = exec::signal::Listener::install()?;
+            tokio::select! {
+                stopped = exec::stop_leftovers(plan, groups, &shutdown, sink) => {
+                    Ok::<_, std::io::Error>(stopped)
+                }
+                never = listener.listen(shutdown.clone()) => match never {},
+            }
+        })
+        .map_err(|err| Error::Usage(format!("cannot install the signal handlers: {err}")))
 }
 
 /// Two sinks in order (the state's recorder, then the reporter), borrowed so the reporter can

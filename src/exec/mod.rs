@@ -1767,13 +1767,8 @@ impl<'a> Run<'a> {
         signal: String,
         grace: Duration,
     ) {
-        let strays: Vec<u32> = tagged
-            .iter()
-            .filter(|t| {
-                t.component == name && group.is_none_or(|g| i64::from(t.pgrp) != i64::from(g))
-            })
-            .map(|t| t.pid)
-            .collect();
+        // No process is in group 0: without a group, every tagged process is a stray.
+        let strays = strays_in(tagged, &name, group.unwrap_or(0));
         if group.is_none() && strays.is_empty() {
             return;
         }

@@ -899,8 +899,6 @@ impl Db {
         }
     }
 
-    /// The statistics of the history ring of `key`: from the head staged in memory (there is
-    /// one right after a sample for it was committed), else as stored.
     /// The statistics of the rings whose head is staged (journalled, not yet given to sled,
     /// so not yet in `history_stats`): `None` for a ring removed or emptied. A read-only
     /// command lays these over the `history_stats` tree, since it never checkpoints.
@@ -919,6 +917,8 @@ impl Db {
             .collect()
     }
 
+    /// The statistics of the history ring of `key`: from the head staged in memory (there is
+    /// one right after a sample for it was committed), else as stored.
     pub fn ring_stats(&self, key: &[u8]) -> Result<Option<super::HistoryStats>, StateError> {
         let staged = match lock(&self.pending).get(&(Tree::History as usize, key.to_vec())) {
             Some(Staged::Head(head)) => Some(head.stats()),

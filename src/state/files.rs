@@ -329,7 +329,6 @@ fn cell(text: &str) -> String {
         .replace('|', "\\|")
 }
 
-/// Appends one row to `quarantine_log.md`, creating it with ABZU's header when missing.
 /// Fails as appending a row to `quarantine_log.md` would (the file is created if missing and
 /// left as it is otherwise), so a change that must be logged can check first.
 pub(crate) fn check_log_writable(paths: &Paths) -> Result<(), StateError> {
@@ -342,6 +341,7 @@ pub(crate) fn check_log_writable(paths: &Paths) -> Result<(), StateError> {
         .map_err(|err| StateError::io(&path, err))
 }
 
+/// Appends one row to `quarantine_log.md`, creating it with ABZU's header when missing.
 pub(crate) fn append_log_row(
     paths: &Paths,
     timestamp: &str,

@@ -427,9 +427,7 @@ impl Store {
     /// repairs files that went missing or bad from the database (a damaged `razar_state.json`
     /// is moved aside, not deleted).
     pub fn open(state_dir: &Path) -> Result<Store, StateError> {
-        let store = Store::open_deferred(state_dir)?;
-        store.opened()?;
-        Ok(store)
+        Store::open_as(state_dir, Role::Apply)
     }
 
     /// [`Store::open`], except that the first `razar_state.json` is rendered and written by

@@ -189,6 +189,11 @@ impl View {
                     holder.pid
                 )
             }
+            (Source::Empty, Some(holder)) if holder.role != Role::Apply => format!(
+                "state: {dir} ({} (pid {}); nothing to read until it finishes)",
+                holder.role.doing(),
+                holder.pid
+            ),
             (Source::Empty, Some(holder)) => format!(
                 "state: {dir} (apply pid {} holds the database and razar_state.json is not there: the apply is starting, or the file was removed and is written again within seconds)",
                 holder.pid

@@ -721,9 +721,7 @@ fn down_creates_no_state_dir_and_still_stops_what_carries_its_environment() {
 fn logs_that_cannot_be_read_are_an_error_naming_the_file() {
     let dir = Dir::new();
     drop(Store::open(&dir.state()).expect("open"));
-    let logs = dir.state().join("logs");
-    let _ = std::fs::remove_dir_all(&logs);
-    std::fs::write(&logs, "not a directory").expect("a file where the logs go");
+    let logs = put_a_file_where_the_logs_go(&dir);
     let out = dir.razar(&["logs", "db"]);
     assert_eq!(out.code, Some(1), "{}", out.show());
     assert!(
@@ -908,9 +906,7 @@ fn a_state_directory_that_is_not_one_is_refused_with_what_to_do() {
 
     // A file where the log directory goes: named, with what to do.
     std::fs::remove_dir(dir.state().join("razar_state.json")).expect("rmdir");
-    let logs = dir.state().join("logs");
-    let _ = std::fs::remove_dir_all(&logs);
-    std::fs::write(&logs, "not a directory").expect("a file where the logs go");
+    put_a_file_where_the_logs_go(&dir);
     let out = dir.razar(&["apply", "--until-ready"]);
     assert_eq!(out.code, Some(1), "{}", out.show());
     assert!(
@@ -919,6 +915,14 @@ fn a_state_directory_that_is_not_one_is_refused_with_what_to_do() {
         "{}",
         out.show()
     );
+}
+
+/// Replaces the state directory's `logs/` with a file; returns its path.
+fn put_a_file_where_the_logs_go(dir: &Dir) -> PathBuf {
+    let logs = dir.state().join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::write(&logs, "not a directory").expect("a file where the logs go");
+    logs
 }
 
 /// Reads lines from a child's stdout on a thread, so the test can wait with a deadline.
